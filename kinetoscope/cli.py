@@ -1,0 +1,154 @@
+"""The `kinetoscope` command: parses arguments and calls the API. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kinetoscope.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Returns (width, height) from 'WxH'."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 64x64, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+# Shared options: one spelling everywhere, added by name to each subcommand that takes them.
+def _opt(p: argparse.ArgumentParser, *names: str) -> None:
+    spec = {
+        "out": dict(flags=["--out", "-o"], help="output file (.mp4, .webm, .gif, .png, .jpg)"),
+        "seed": dict(flags=["--seed"], type=int, default=0, help="random seed (default 0)"),
+        "size": dict(flags=["--size"], type=parse_size, help="frame size WxH, e.g. 64x64"),
+        "seconds": dict(flags=["--seconds"], type=float, help="duration in seconds"),
+        "frames": dict(flags=["--frames"], type=int, help="number of frames (overrides --seconds)"),
+        "fps": dict(flags=["--fps"], type=float, help="frames per second"),
+        "steps": dict(flags=["--steps"], type=int, help="sampling steps"),
+        "guidance": dict(flags=["--guidance"], type=float, help="classifier-free guidance scale"),
+        "model": dict(
+            flags=["--model"],
+            default="shapeworld-tiny",
+            help="'shapeworld-tiny' (bundled), a trained folder, or a Wan2.1 folder",
+        ),
+        "device": dict(flags=["--device"], default=None, help="cpu, cuda, cuda:1 (default: best)"),
+    }
+    for name in names:
+        s = dict(spec[name])
+        p.add_argument(*s.pop("flags"), **s)
+
+
+GEN = ("out", "seed", "size", "seconds", "frames", "fps", "steps", "guidance", "model", "device")
+
+
+def _not_built(name: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"kinetoscope {name}: not built yet in this version.", file=sys.stderr)
+        return EXIT_USAGE
+
+    return run
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from kinetoscope.video import probe
+
+    info = probe(args.file)
+    for key, value in info.items():
+        print(f"{key:>9}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kinetoscope", description="Open Sora-style text-to-video generation and training."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str, run, *opts: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _opt(p, *opts)
+        p.set_defaults(run=run)
+        return p
+
+    p = add("generate", "generate a video from a text prompt", _not_built("generate"), *GEN)
+    p.add_argument("prompt")
+    p = add("image", "generate a single image from a text prompt", _not_built("image"), *GEN)
+    p.add_argument("prompt")
+    p = add("animate", "animate an image into a video", _not_built("animate"), *GEN)
+    p.add_argument("image")
+    p.add_argument("prompt")
+    p = add("extend", "extend a video forward or backward in time", _not_built("extend"), *GEN)
+    p.add_argument("video")
+    p.add_argument("prompt")
+    p.add_argument("--direction", choices=["forward", "backward"], default="forward")
+    p = add("connect", "generate a transition joining two videos", _not_built("connect"), *GEN)
+    p.add_argument("video_a")
+    p.add_argument("video_b")
+    p.add_argument("prompt")
+    p = add("edit", "edit a video with a new prompt (SDEdit)", _not_built("edit"), *GEN)
+    p.add_argument("video")
+    p.add_argument("prompt")
+    p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 regenerates")
+    p = add("expand", "expand a short prompt into a detailed caption", _not_built("expand"), "seed")
+    p.add_argument("prompt")
+    p = add("caption", "write detailed captions for videos", _not_built("caption"), "out")
+    p.add_argument("videos", nargs="+")
+    p = add(
+        "judge", "read a video back into a scene and score it against a prompt", _not_built("judge")
+    )
+    p.add_argument("video")
+    p.add_argument("prompt")
+    p = add(
+        "world",
+        "render ShapeWorld clips with captions",
+        _not_built("world"),
+        "out",
+        "seed",
+        "size",
+        "seconds",
+        "frames",
+        "fps",
+    )
+    p.add_argument("action", choices=["sample"])
+    p.add_argument("--count", type=int, default=16)
+    p = add("train", "train a VAE or a DiT from a yaml recipe", _not_built("train"), "device")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p = add(
+        "eval",
+        "measure a model (adherence, reconstruction)",
+        _not_built("eval"),
+        "model",
+        "device",
+        "seed",
+    )
+    p.add_argument("what", choices=["adherence", "vae"])
+    p.add_argument("--prompts", help="prompt file, one per line")
+    p = add("bench", "time a job on this machine", _not_built("bench"), *GEN)
+    p.add_argument("what", choices=["generate", "render"])
+    p = add("info", "print frames, size, fps, duration and codec of a video or image", cmd_info)
+    p.add_argument("file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as e:
+        print(f"kinetoscope {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"kinetoscope {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
