@@ -1,0 +1,133 @@
+"""ShapeWorld clips rendered on the fly, in DataLoader workers, as an endless stream of batches.
+
+Every sample is a pure function of (seed, batch index j, position k in the global batch):
+its bucket, scene, render seed and caption come from rngs seeded with those numbers alone.
+So the stream is the same for any number of workers and ranks, and a run resumes exactly
+from a data position (the index of the next batch). Worker w of W renders batches
+j = start + w, start + w + W, ...; the DataLoader takes them from the workers in turn, so
+the order it yields equals the single-process order. Rank r of R takes samples
+k in [r*B, (r+1)*B) of each global batch of R*B, so 2 ranks with B each see exactly the
+samples 1 process sees with 2B.
+
+Joint image + video training: a share of the batches are 1-frame images (an image is a
+1-frame video to the causal VAE); each batch holds one bucket, so shapes never mix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from kinetoscope.data.buckets import Bucket, batch_size_for, make_buckets
+from kinetoscope.world.scene import HELDOUT, Scene, sample_scene
+
+# Tags that keep the bucket draw and the sample draws on unrelated random streams.
+_BUCKET_STREAM, _SAMPLE_STREAM = 1, 2
+
+
+class ShapeWorldClips(IterableDataset):
+    """Yields batches {video [B,3,T,H,W] in [-1,1], caption [B], scene [B], index j, bucket}.
+
+    `batch_sizes[b]` is the per-rank batch size of bucket b. `image_share` is the share of
+    batches drawn from the 1-frame buckets (images); the video buckets share the rest.
+    """
+
+    def __init__(
+        self,
+        buckets: Sequence[Bucket],
+        batch_sizes: Sequence[int],
+        fps: float = 8.0,
+        image_share: float = 0.25,
+        seed: int = 0,
+        exclude_heldout: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        detail: str = "detailed",
+    ):
+        super().__init__()
+        if len(buckets) != len(batch_sizes):
+            raise ValueError(f"{len(buckets)} buckets but {len(batch_sizes)} batch sizes")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if not 0.0 <= image_share <= 1.0:
+            raise ValueError(f"image_share must be in [0, 1], got {image_share}")
+        self.buckets, self.batch_sizes = list(buckets), list(batch_sizes)
+        self.images = [i for i, b in enumerate(self.buckets) if b.is_image]
+        self.videos = [i for i, b in enumerate(self.buckets) if not b.is_image]
+        self.fps, self.image_share, self.seed = fps, image_share, seed
+        self.exclude = HELDOUT if exclude_heldout else ()
+        self.rank, self.world_size, self.start, self.detail = rank, world_size, start, detail
+
+    @classmethod
+    def from_config(cls, cfg, rank: int = 0, world_size: int = 1, start: int = 0):
+        """Returns the dataset a TrainConfig describes, for one rank, from batch `start`."""
+        d = cfg.data
+        buckets = make_buckets(d.bucket_list())
+        sizes = [batch_size_for(b, d.tokens_per_batch, d.max_batch_size) for b in buckets]
+        return cls(
+            buckets,
+            sizes,
+            fps=d.fps,
+            image_share=d.image_share,
+            seed=cfg.train.seed,
+            exclude_heldout=d.exclude_heldout,
+            rank=rank,
+            world_size=world_size,
+            start=start,
+        )
+
+    def bucket_of(self, j: int) -> int:
+        """Returns the bucket index of global batch `j`."""
+        rng = np.random.default_rng([self.seed, _BUCKET_STREAM, j])
+        use_image = rng.random() < self.image_share
+        pool = (self.images if use_image else self.videos) or self.images or self.videos
+        return pool[int(rng.integers(len(pool)))]
+
+    def scene(self, j: int, k: int) -> tuple[Scene, int, int]:
+        """Returns (scene, render seed, caption seed) of sample k of global batch j."""
+        rng = np.random.default_rng([self.seed, _SAMPLE_STREAM, j, k])
+        scene = sample_scene(rng, exclude=self.exclude)
+        render_seed, caption_seed = (int(s) for s in rng.integers(0, 2**31, size=2))
+        return scene, render_seed, caption_seed
+
+    def sample(self, j: int, k: int) -> dict:
+        """Returns sample k of global batch j: {video [3,T,H,W] in [-1,1], caption, scene}."""
+        from kinetoscope.world.captions import caption
+        from kinetoscope.world.render import render
+
+        b = self.buckets[self.bucket_of(j)]
+        scene, render_seed, caption_seed = self.scene(j, k)
+        video = render(scene, b.width, b.height, b.frames, fps=self.fps, seed=render_seed)
+        x = torch.from_numpy(video.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+        text = caption(scene, self.detail, caption_seed)
+        return {"video": x, "caption": text, "scene": scene.to_dict()}  # video: [3, T, H, W]
+
+    def batch(self, j: int) -> dict:
+        """Returns this rank's part of global batch j, collated."""
+        b = self.bucket_of(j)
+        n = self.batch_sizes[b]
+        samples = [self.sample(j, k) for k in range(self.rank * n, (self.rank + 1) * n)]
+        return {
+            "video": torch.stack([s["video"] for s in samples]),  # [B, 3, T, H, W]
+            "caption": [s["caption"] for s in samples],
+            "scene": [s["scene"] for s in samples],
+            "index": j,
+            "bucket": (self.buckets[b].frames, self.buckets[b].height, self.buckets[b].width),
+        }
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for j in itertools.count(self.start + worker, workers):
+            yield self.batch(j)
+
+
+def loader(dataset: ShapeWorldClips, num_workers: int = 0, prefetch: int = 2) -> DataLoader:
+    """Returns a DataLoader over the dataset's batches, in the same order for any num_workers."""
+    extra = dict(prefetch_factor=prefetch, persistent_workers=True) if num_workers else {}
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, **extra)
