@@ -64,6 +64,69 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expand(args: argparse.Namespace) -> int:
+    from kinetoscope.prompts.expand import expand
+
+    kw = dict(url=args.expander_url, model=args.expander_model, timeout=args.expander_timeout)
+    print(expand(args.prompt, seed=args.seed, expander=args.expander, **kw))
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    import json
+
+    from kinetoscope.prompts.caption import caption_files
+
+    lines = [json.dumps(line) for line in caption_files(args.videos)]
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        print(f"kinetoscope caption: wrote {len(lines)} captions to {args.out}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    import json
+
+    from kinetoscope.video import Video
+    from kinetoscope.world.judge import score
+
+    result = score(Video.read(args.video), args.prompt)
+    if "judged" in result:
+        result["judged"] = result["judged"].to_dict()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from kinetoscope.prompts.caption import write_world_samples
+
+    if not args.out:
+        raise UserError("world sample needs --out DIR")
+    (w, h), fps = args.size or (64, 64), args.fps or 8.0
+    frames = args.frames or max(1, round((args.seconds or 4.0) * fps))
+    bar = lambda it: tqdm(it, desc="world sample", unit="clip")
+    manifest = write_world_samples(
+        args.out, args.count, w, h, frames, fps, args.seed, args.heldout, progress=bar
+    )
+    print(f"kinetoscope world: wrote {args.count} clips of {w}x{h}x{frames}; captions: {manifest}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kinetoscope.train.config import load_config
+    from kinetoscope.train.trainer import train
+
+    cfg = load_config(args.config, args.overrides)  # every key checked before any work
+    run = train(cfg, resume=args.resume, device=args.device)
+    print(f"kinetoscope train: done; checkpoints and metrics in {run}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kinetoscope", description="Open Sora-style text-to-video generation and training."
@@ -95,19 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("prompt")
     p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 regenerates")
-    p = add("expand", "expand a short prompt into a detailed caption", _not_built("expand"), "seed")
+    p = add("expand", "expand a short prompt into a detailed caption", cmd_expand, "seed")
     p.add_argument("prompt")
-    p = add("caption", "write detailed captions for videos", _not_built("caption"), "out")
+    p.add_argument("--expander", choices=["rule", "openai"], default="rule")
+    p.add_argument("--expander-url", help="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    p.add_argument("--expander-model", help="chat model name (default gpt-4o-mini)")
+    p.add_argument("--expander-timeout", type=float, default=20.0, help="seconds (default 20)")
+    p = add("caption", "write detailed captions for videos", cmd_caption, "out")
     p.add_argument("videos", nargs="+")
-    p = add(
-        "judge", "read a video back into a scene and score it against a prompt", _not_built("judge")
-    )
+    p = add("judge", "read a video back into a scene and score it against a prompt", cmd_judge)
     p.add_argument("video")
     p.add_argument("prompt")
     p = add(
         "world",
         "render ShapeWorld clips with captions",
-        _not_built("world"),
+        cmd_world,
         "out",
         "seed",
         "size",
@@ -117,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=["sample"])
     p.add_argument("--count", type=int, default=16)
-    p = add("train", "train a VAE or a DiT from a yaml recipe", _not_built("train"), "device")
+    p.add_argument("--heldout", action="store_true", help="only held-out combinations (eval)")
+    p = add("train", "train a VAE or a DiT from a yaml recipe", cmd_train, "device")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

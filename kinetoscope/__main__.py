@@ -1,0 +1,7 @@
+"""`python -m kinetoscope` runs the `kinetoscope` command."""
+
+import sys
+
+from kinetoscope.cli import main
+
+sys.exit(main())

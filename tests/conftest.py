@@ -1,0 +1,37 @@
+"""Shared fixtures: small synthetic videos written in a few milliseconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kinetoscope.video import Video
+
+
+def synthetic_frames(t: int = 8, h: int = 48, w: int = 64) -> np.ndarray:
+    """Returns uint8 [T, H, W, 3]: a smooth gradient with a bright square moving right."""
+    y, x = np.mgrid[0:h, 0:w]
+    frames = np.empty((t, h, w, 3), np.uint8)
+    for i in range(t):
+        frames[i, ..., 0] = 40 + 150 * x / max(w - 1, 1)
+        frames[i, ..., 1] = 40 + 150 * y / max(h - 1, 1)
+        frames[i, ..., 2] = 90
+        left = 4 + 3 * i
+        frames[i, h // 4 : h // 4 + h // 3, left : left + w // 4] = (230, 220, 40)
+    return frames
+
+
+@pytest.fixture
+def make_video():
+    """Returns a factory `make_video(t=8, h=48, w=64, fps=8.0) -> Video`."""
+
+    def make(t: int = 8, h: int = 48, w: int = 64, fps: float = 8.0) -> Video:
+        return Video(synthetic_frames(t, h, w), fps=fps)
+
+    return make
+
+
+@pytest.fixture
+def small_mp4(tmp_path, make_video):
+    """Returns the path of an 8-frame 64x48 8 fps mp4."""
+    return make_video().save(tmp_path / "small.mp4")
