@@ -1,0 +1,107 @@
+"""Rectified flow: noising, training timesteps, the resolution shift and the velocity loss.
+
+The path from data to noise is a straight line, `x_t = (1 - t) x0 + t eps`, so its velocity
+`d x_t / dt = eps - x0` is what the model learns to predict. Sampling integrates it back from
+t = 1 (noise) to t = 0 (data); see sampling.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from kinetoscope.diffusion.conditioning import FrameCondition, frame_timesteps
+
+
+def interpolate(x0: Tensor, eps: Tensor, t_frames: Tensor) -> Tensor:
+    """Returns x_t = (1 - t) x0 + t eps for per-frame times `t_frames [B, T]`."""
+    t = t_frames[:, None, :, None, None].to(x0.dtype)  # [B, 1, T, 1, 1]
+    return (1 - t) * x0 + t * eps
+
+
+def sample_t(
+    batch: int,
+    generator: torch.Generator | None = None,
+    mean: float = 0.0,
+    std: float = 1.0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Returns training times t [B] in (0, 1), logit-normal: sigmoid(N(mean, std^2)).
+
+    Drawn on CPU with `generator` (reproducible on any device), then moved. The logit-normal
+    puts most weight on middle times, where the velocity is hardest to predict (SD3, §3.1).
+    """
+    u = torch.randn(batch, generator=generator, dtype=torch.float32) * std + mean
+    return torch.sigmoid(u).to(device)
+
+
+def shift_t(t: Tensor | float, shift: float) -> Tensor | float:
+    """Returns t moved towards noise: shift * t / (1 + (shift - 1) * t); shift = 1 is identity.
+
+    More tokens carry more redundant signal, so the same t destroys less of the image; shifting
+    spends more time (in training and sampling) at high noise to compensate (SD3 §5.3.2, Wan).
+    """
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def unshift_t(t: Tensor | float, shift: float) -> Tensor | float:
+    """Returns u with shift_t(u, shift) == t (the inverse of `shift_t`)."""
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return t / (shift - (shift - 1) * t)
+
+
+def shift_for_tokens(
+    num_tokens: int,
+    base_tokens: int = 4096,
+    base_shift: float = 3.0,
+    min_shift: float = 1.0,
+    max_shift: float = 12.0,
+) -> float:
+    """Returns the timestep shift for a latent of `num_tokens` tokens: the SD3 sqrt rule.
+
+    SD3 §5.3.2: going from n to m tokens, shifting t by sqrt(m / n) keeps the signal-to-noise
+    seen per token the same. The anchor (`base_tokens` tokens use `base_shift`) defaults to SD3's
+    1024^2 images (64x64 = 4096 tokens at shift 3.0). Clamped to [min_shift, max_shift]: tiny
+    latents get no shift; Wan2.1 480p (32760 tokens) would get 8.5.
+    """
+    if num_tokens <= 0 or base_tokens <= 0:
+        raise ValueError(f"token counts must be > 0, got {num_tokens} and {base_tokens}")
+    shift = base_shift * math.sqrt(num_tokens / base_tokens)
+    return float(min(max(shift, min_shift), max_shift))
+
+
+def flow_loss(
+    model,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    context: Tensor,
+    context_mask: Tensor | None = None,
+    cond: FrameCondition | None = None,
+) -> Tensor:
+    """Returns the fp32 mean squared velocity error over unknown frames (a scalar).
+
+    x0, noise: [B, C, T, H, W]; t: [B] (or per-frame [B, T]). `model(x_t, t_frames, context,
+    context_mask)` predicts `noise - x0`. Known frames of `cond` enter clean at t = 0 and are
+    left out of the mean, so the model is never trained to "predict" what it is given.
+    """
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must match x0 {tuple(x0.shape)}")
+    t_frames = frame_timesteps(t, x0.shape[2])  # [B, T]
+    x_t = interpolate(x0, noise, t_frames)
+    unknown = torch.ones_like(t_frames, dtype=torch.bool)
+    if cond is not None:
+        x_t, t_frames = cond.apply(x_t, t_frames)
+        unknown = ~cond.mask.to(x0.device)
+    v = model(x_t, t_frames, context, context_mask)
+    err = (v.float() - (noise.float() - x0.float())).square()  # [B, C, T, H, W]
+    w = unknown[:, None, :, None, None].float()  # [B, 1, T, 1, 1]
+    per_frame = err.numel() // (err.shape[0] * err.shape[2])  # C * H * W
+    # Masked mean: torch.where (not a multiply) so a NaN on a known frame cannot leak in.
+    total = torch.where(w > 0, err, torch.zeros_like(err)).sum()
+    return total / (w.sum() * per_frame).clamp(min=1)

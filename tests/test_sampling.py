@@ -1,0 +1,197 @@
+"""Samplers against closed-form flows, frame conditions, guidance, SDEdit and seeds."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kinetoscope.diffusion.conditioning import FrameCondition
+from kinetoscope.diffusion.sampling import (
+    guided_velocity,
+    make_noise,
+    sample,
+    sample_fn,
+    timesteps,
+)
+
+# The closed-form Gaussian / mixture velocity fields live with the benchmark that reports them.
+_spec = importlib.util.spec_from_file_location(
+    "sampler_bench", Path(__file__).parents[1] / "benchmarks" / "sampler.py"
+)
+bench = sys.modules["sampler_bench"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+STEPS = (2, 4, 8, 16, 32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: threads only add contention on a shared machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def noise2d():
+    return torch.randn(20000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def test_timesteps_grid():
+    t = timesteps(8)
+    assert len(t) == 9 and t[0] == 1 and t[-1] == 0 and (t.diff() < 0).all()
+    torch.testing.assert_close(t, torch.linspace(1, 0, 9, dtype=torch.float64))
+    shifted = timesteps(8, shift=3.0)
+    assert shifted[0] == 1 and shifted[-1] == 0 and (shifted[1:-1] > t[1:-1]).all()
+    partial = timesteps(4, shift=3.0, start_t=0.6)
+    assert partial[0] == 0.6 and partial[-1] == 0 and (partial.diff() < 0).all()
+    with pytest.raises(ValueError, match="1.5"):
+        timesteps(4, start_t=1.5)
+    with pytest.raises(ValueError, match="0"):
+        timesteps(0)
+
+
+def test_gaussian_both_samplers_converge_and_second_order_needs_fewer_steps(noise2d):
+    dist = bench.gaussian()
+    exact = bench.exact_gaussian(dist, noise2d)  # the true ODE endpoint of each noise point
+    err = {
+        s: [bench.errors(bench.solve(dist, noise2d, n, s), exact, dist) for n in STEPS]
+        for s in ("euler", "dpm++2m")
+    }
+    for s, rows in err.items():
+        path = [r["path"] for r in rows]
+        assert all(b < 0.75 * a for a, b in zip(path, path[1:])), (s, path)
+        assert rows[-1]["mean"] < 0.03 and rows[-1]["cov"] < 0.04, (s, rows[-1])
+    euler, dpm = ([r["path"] for r in err[s]] for s in ("euler", "dpm++2m"))
+    # Second order: n steps of DPM-Solver++(2M) beat 2n steps of Euler (from 8 steps on).
+    assert dpm[2] < euler[3] and dpm[3] < euler[4], (dpm, euler)
+    assert dpm[4] < 0.25 * euler[4]
+
+
+def test_mixture_moments_approach_truth_faster_with_second_order(noise2d):
+    dist = bench.mixture()
+    cov = {
+        s: [bench.errors(bench.solve(dist, noise2d, n, s), noise2d, dist)["cov"] for n in STEPS]
+        for s in ("euler", "dpm++2m")
+    }
+    assert cov["euler"][-1] < 0.25 * cov["euler"][0] and cov["euler"][-1] < 0.1, cov
+    assert cov["dpm++2m"][-1] < 0.05, cov
+    # 8 DPM-Solver++(2M) steps get the covariance closer than 16 Euler steps.
+    assert cov["dpm++2m"][2] < cov["euler"][3], cov
+
+
+def test_one_euler_step_is_exact_for_a_point_mass():
+    mu = torch.tensor([0.5, -2.0], dtype=torch.float64)
+    velocity_fn = lambda x, t: x - mu.view(1, 2, 1, 1, 1)  # E[eps - x0 | x_1] = x_1 - mu
+    x = torch.randn(5, 2, 1, 1, 1, dtype=torch.float64)
+    for s in ("euler", "dpm++2m"):
+        out = sample_fn(velocity_fn, x, timesteps(1), sampler=s, progress=False)
+        torch.testing.assert_close(out, mu.view(1, 2, 1, 1, 1).expand_as(out))
+
+
+class ContextModel(nn.Module):
+    """Velocity from x, t and the masked mean of the context; records every call."""
+
+    def __init__(self, c=3, d=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.randn(d, c, generator=g)
+        self.calls = []
+
+    def forward(self, x, t, context, mask):
+        self.calls.append((x.clone(), t.clone()))
+        m = mask.float()[..., None]
+        pooled = (context * m).sum(1) / m.sum(1).clamp(min=1)  # [B, D]
+        bias = (pooled @ self.w)[:, :, None, None, None]  # [B, C, 1, 1, 1]
+        return 0.5 * x + bias * (1 - t[:, None, :, None, None]) + 0.1
+
+
+def text(b, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, 4, generator=g), torch.ones(b, n, dtype=torch.bool)
+
+
+def test_guidance_one_is_the_conditional_velocity_and_cfg_formula():
+    model = ContextModel()
+    ctx, m = text(2, 5, 1)
+    null, nm = text(1, 2, 2)  # shorter than the prompt: padded and masked in the batch
+    x, t = torch.randn(2, 3, 4, 2, 2), torch.rand(2, 4)
+    v_c, v_u = model(x, t, ctx, m), model(x, t, null.expand(2, -1, -1), nm.expand(2, -1))
+    assert not torch.allclose(v_c, v_u)
+    torch.testing.assert_close(guided_velocity(model, ctx, m, null, nm, 1.0)(x, t), v_c)
+    for batch_cfg in (True, False):
+        v = guided_velocity(model, ctx, m, null, nm, 4.0, batch_cfg=batch_cfg)(x, t)
+        torch.testing.assert_close(v, v_u + 4.0 * (v_c - v_u))
+    model.calls.clear()
+    guided_velocity(model, ctx, m, null, nm, 4.0)(x, t)
+    assert len(model.calls) == 1 and model.calls[0][0].shape[0] == 4  # one forward, batch 2B
+    with pytest.raises(ValueError, match="null_context"):
+        guided_velocity(model, ctx, m, None, None, 4.0)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpm++2m"])
+def test_known_frames_come_out_exactly_and_are_seen_clean(sampler):
+    model = ContextModel()
+    ctx, m = text(2, 5, 1)
+    null, nm = text(1, 1, 2)
+    known = torch.randn(2, 3, 2, 2, 2)
+    cond = FrameCondition.prefix_suffix(known[:, :, :1], known[:, :, 1:], 5)
+    noise = make_noise((2, 3, 5, 2, 2), 0)
+    out = sample(
+        model,
+        noise,
+        ctx,
+        m,
+        null,
+        nm,
+        steps=6,
+        guidance=3.0,
+        sampler=sampler,
+        cond=cond,
+        progress=False,
+    )
+    assert torch.equal(out[:, :, [0, 4]], known)
+    assert not torch.equal(out[:, :, 1:4], noise[:, :, 1:4])
+    assert len(model.calls) == 6
+    for x, t in model.calls:  # batch 2B: conditional and unconditional halves
+        assert torch.equal(x[:, :, [0, 4]], torch.cat([known, known]))
+        assert (t[:, [0, 4]] == 0).all() and (t[:, 1:4] > 0).all()
+
+
+def test_seeded_noise_and_sampling_are_reproducible():
+    a, b = make_noise((1, 3, 2, 4, 4), 7), make_noise((1, 3, 2, 4, 4), 7)
+    assert torch.equal(a, b) and not torch.equal(a, make_noise((1, 3, 2, 4, 4), 8))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(make_noise((4,), g1), make_noise((4,), g2))
+    ctx, m = text(1, 3, 1)
+    run = lambda n: sample(ContextModel(), n, ctx, m, steps=4, sampler="dpm++2m", progress=False)
+    assert torch.equal(run(a), run(b))
+    assert not torch.equal(run(a), run(make_noise((1, 3, 2, 4, 4), 8)))
+
+
+def test_sdedit_start_times():
+    ctx, m = text(1, 3, 1)
+    noise, x_init = make_noise((1, 3, 3, 2, 2), 0), make_noise((1, 3, 3, 2, 2), 1)
+    for s in ("euler", "dpm++2m"):
+        kw = dict(steps=5, shift=2.0, sampler=s, progress=False)
+        model = ContextModel()
+        same = sample(model, noise, ctx, m, start_t=0.0, x_init=x_init, **kw)
+        assert torch.equal(same, x_init) and model.calls == []
+        full = sample(ContextModel(), noise, ctx, m, start_t=1.0, x_init=x_init, **kw)
+        assert torch.equal(full, sample(ContextModel(), noise, ctx, m, **kw))
+        model = ContextModel()
+        half = sample(model, noise, ctx, m, start_t=0.5, x_init=x_init, **kw)
+        x_first, t_first = model.calls[0]
+        assert (t_first == 0.5).all() and torch.allclose(x_first, 0.5 * x_init + 0.5 * noise)
+        assert (half - x_init).norm() < (full - x_init).norm()
+    with pytest.raises(ValueError, match="x_init"):
+        sample(ContextModel(), noise, ctx, m, start_t=0.5)
+
+
+def test_unknown_sampler_is_named():
+    with pytest.raises(ValueError, match="'heun'"):
+        sample_fn(lambda x, t: x, torch.zeros(1, 1, 1, 1, 1), timesteps(2), sampler="heun")
