@@ -1,0 +1,298 @@
+"""The spacetime diffusion transformer: Wan2.1's DiT, read top to bottom.
+
+latents [B, C, T, H, W] --Conv3d patchify--> tokens [B, T*H*W, D]
+  for each block (adaLN-zero, per-frame timesteps):
+    x += gate1 * SelfAttn(modulate(LN(x), shift1, scale1))      RMSNorm q/k, 3D RoPE
+    x += CrossAttn(LN_affine(x), text)                            text: Linear-GELU-Linear
+    x += gate2 * MLP(modulate(LN(x), shift2, scale2))             GELU(tanh)
+head: Linear(modulate(LN(x), shift, scale)) --unpatchify--> velocity [B, C, T, H, W]
+
+Parameter names follow Wan2.1's original checkpoint layout (`patch_embedding`,
+`blocks.N.self_attn.q`, `blocks.N.norm3` = the cross-attention norm, `head.head`, ...), so
+loading Wan weights is a key identity and diffusers weights need only the rename in
+interop/wan_dit_keys.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from kinetoscope.models.layers import (
+    LayerNorm32,
+    RMSNorm,
+    apply_rope,
+    attention,
+    check_key_mask,
+    gated_residual,
+    modulate,
+    rope_freqs_3d,
+    timestep_embedding,
+)
+
+
+@dataclass
+class DiTConfig:
+    in_channels: int = 16
+    out_channels: int = 16
+    dim: int = 256
+    ffn_dim: int = 1024
+    num_layers: int = 6
+    num_heads: int = 4
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_dim: int = 256  # width of the text encoder's output
+    freq_dim: int = 256  # sinusoidal timestep embedding width
+    eps: float = 1e-6
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    time_scale: float = 1000.0  # flow time t in [0, 1] -> Wan's 0..1000 timestep scale
+    text_len: int | None = None  # Wan pads context with zeros to 512 and attends to it all
+    rope_theta: float = 10000.0
+    grad_checkpoint: bool = False  # recompute each block in backward (training memory)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def __post_init__(self):
+        self.patch_size = tuple(self.patch_size)
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+
+
+PRESETS: dict[str, DiTConfig] = {
+    # The bundled default (~7M parameters); text_dim = the ByteTextEncoder tiny preset's dim.
+    "tiny": DiTConfig(dim=256, ffn_dim=1024, num_layers=6, num_heads=4, text_dim=256),
+    "small": DiTConfig(dim=768, ffn_dim=3072, num_layers=12, num_heads=12, text_dim=512),
+    "wan2.1-1.3b": DiTConfig(
+        dim=1536, ffn_dim=8960, num_layers=30, num_heads=12, text_dim=4096, text_len=512
+    ),
+    "wan2.1-14b": DiTConfig(
+        dim=5120, ffn_dim=13824, num_layers=40, num_heads=40, text_dim=4096, text_len=512
+    ),
+}
+
+
+def dit_config(name: str, **overrides) -> DiTConfig:
+    """Return a copy of the named preset with fields overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown DiT preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with RMSNorm over all heads' q and k (Wan's qk_norm); RoPE if given."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, N, D]
+        context: torch.Tensor | None = None,  # [B, L, D]; None = self-attention
+        key_mask: torch.Tensor | None = None,  # [B, L] bool
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,  # cos, sin [N, head_dim/2]
+    ) -> torch.Tensor:
+        kv = x if context is None else context
+        heads = lambda z: z.unflatten(-1, (self.num_heads, -1))  # [B, *, h, d]
+        q = heads(self.norm_q(self.q(x)))
+        k = heads(self.norm_k(self.k(kv)))
+        v = heads(self.v(kv))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.o(attention(q, k, v, key_mask))  # [B, N, D]
+
+
+class DiTBlock(nn.Module):
+    """One Wan2.1 block: adaLN-zero self-attention, plain cross-attention, adaLN-zero MLP."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = LayerNorm32(d, cfg.eps, elementwise_affine=False)
+        self.self_attn = Attention(d, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        # Wan names the cross-attention norm norm3 and the MLP norm norm2; kept for its checkpoints.
+        self.norm3 = LayerNorm32(d, cfg.eps) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = Attention(d, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.norm2 = LayerNorm32(d, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, cfg.ffn_dim), nn.GELU("tanh"), nn.Linear(cfg.ffn_dim, d)
+        )
+        # Learned per-block offset added to the shared timestep projection (6 vectors).
+        self.modulation = nn.Parameter(torch.zeros(1, 6, d))
+
+    def forward(self, x, e, context, context_mask, rope):
+        # x [B, N, D]; e [B, F, 6, D] (F = 1 or latent frames); context [B, L, D]
+        mod = self.modulation.float().unsqueeze(0) + e  # [B, F, 6, D]
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(dim=2)  # each [B, F, D]
+
+        h = modulate(self.norm1(x), shift1, scale1).type_as(x)
+        x = gated_residual(x, self.self_attn(h, rope=rope), gate1)
+
+        x = x + self.cross_attn(self.norm3(x), context, context_mask).type_as(x)
+
+        h = modulate(self.norm2(x), shift2, scale2).type_as(x)
+        return gated_residual(x, self.ffn(h), gate2)
+
+
+class Head(nn.Module):
+    """Output layer: adaLN (2 vectors from the time embedding) then a linear to patch pixels."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.norm = LayerNorm32(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        # x [B, N, D]; e [B, F, D] time embedding (not its projection, as in Wan)
+        shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(dim=2)
+        h = modulate(self.norm(x), shift, scale)  # float32
+        w = self.head.weight
+        # The head is tiny and feeds the output directly: keep it in float32 as Wan does.
+        with torch.autocast(x.device.type, enabled=False):
+            return nn.functional.linear(h, w.float(), self.head.bias.float()).to(w.dtype)
+
+
+class DiT(nn.Module):
+    """Return velocity [B, C, T, H, W] from latents, flow time t, and text context."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.patch_embedding = nn.Conv3d(
+            cfg.in_channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size
+        )
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, d), nn.GELU("tanh"), nn.Linear(d, d)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.num_layers)])
+        self.head = Head(cfg)
+        if not self.patch_embedding.weight.is_meta:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter (also after `to_empty`): xavier linears, adaLN-zero.
+
+        The timestep projection, every modulation table, the cross-attention output and the head
+        start at zero, so each block starts as the identity and the model outputs zero (DiT's
+        adaLN-zero; PixArt's zeroed cross-attention output). Gradients still reach every weight
+        after the first step because the gates' own gradients are non-zero.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (RMSNorm, nn.LayerNorm)) and m.weight is not None:
+                nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        w = self.patch_embedding.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embedding.bias)
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.time_projection[1].weight)
+        nn.init.zeros_(self.time_projection[1].bias)
+        for block in self.blocks:
+            nn.init.zeros_(block.modulation)
+            nn.init.zeros_(block.cross_attn.o.weight)
+        nn.init.zeros_(self.head.modulation)
+        nn.init.zeros_(self.head.head.weight)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, C, T, H, W] noisy latents
+        t: torch.Tensor,  # [B] or [B, T] flow time in [0, 1]
+        context: torch.Tensor,  # [B, L, text_dim]
+        context_mask: torch.Tensor | None = None,  # [B, L] bool, True = real token
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        b, c, frames, height, width = x.shape
+        pt, ph, pw = cfg.patch_size
+        self._check_inputs(x, t, context, context_mask)
+        grid = (frames // pt, height // ph, width // pw)
+
+        dtype = self.patch_embedding.weight.dtype
+        x = self.patch_embedding(x.to(dtype))  # [B, D, T', H', W']
+        x = rearrange(x, "b d t h w -> b (t h w) d").to(dtype).contiguous()
+
+        # Timestep embedding and its 6-vector projection stay float32 (Wan runs them that way).
+        t = t.reshape(b, -1).float()  # [B, F], F = 1 or frames
+        with torch.autocast(x.device.type, enabled=False):
+            freq = timestep_embedding(t.flatten() * cfg.time_scale, cfg.freq_dim)  # [B*F, freq]
+            w = self.time_embedding[0].weight
+            e = self.time_embedding(freq.to(w.dtype)).float().unflatten(0, (b, -1))  # [B, F, D]
+            e0 = self.time_projection(e.to(w.dtype)).float().unflatten(-1, (6, cfg.dim))
+
+        context, context_mask = self._pad_context(context, context_mask)
+        context = self.text_embedding(context.to(dtype))  # [B, L, D]
+
+        rope = rope_freqs_3d(cfg.head_dim, grid, cfg.rope_theta, x.device)
+        for block in self.blocks:
+            if cfg.grad_checkpoint and torch.is_grad_enabled():
+                x = checkpoint(block, x, e0, context, context_mask, rope, use_reentrant=False)
+            else:
+                x = block(x, e0, context, context_mask, rope)
+
+        x = self.head(x, e)  # [B, N, pt*ph*pw*C]
+        # Wan orders each token's outputs (pt, ph, pw, C): C varies fastest.
+        return rearrange(
+            x,
+            "b (t h w) (p q r c) -> b c (t p) (h q) (w r)",
+            t=grid[0], h=grid[1], w=grid[2], p=pt, q=ph, r=pw,
+        )  # fmt: skip
+
+    def _pad_context(self, context, mask):
+        """Return context zero-padded to cfg.text_len (Wan's convention) and the mask to match."""
+        pad = (self.cfg.text_len or 0) - context.shape[1]
+        if pad <= 0:
+            return context, mask
+        context = nn.functional.pad(context, (0, 0, 0, pad))
+        if mask is not None:
+            mask = nn.functional.pad(mask, (0, pad), value=False)
+        return context, mask
+
+    def _check_inputs(self, x, t, context, context_mask) -> None:
+        cfg = self.cfg
+        if x.ndim != 5 or x.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"latents must be [B, {cfg.in_channels}, T, H, W], got {tuple(x.shape)}"
+            )
+        b, _, frames, height, width = x.shape
+        if frames % cfg.patch_size[0] or height % cfg.patch_size[1] or width % cfg.patch_size[2]:
+            raise ValueError(
+                f"latent size T={frames} H={height} W={width} is not divisible by the patch size "
+                f"{cfg.patch_size}; crop or pad the video so latents are multiples of it"
+            )
+        if t.shape not in ((b,), (b, frames)):
+            raise ValueError(f"t must be [B={b}] or [B={b}, T={frames}], got {tuple(t.shape)}")
+        if t.ndim == 2 and cfg.patch_size[0] != 1:
+            raise ValueError(f"per-frame t needs patch_size[0] == 1, got {cfg.patch_size}")
+        if context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.text_dim:
+            raise ValueError(
+                f"context must be [B={b}, L, {cfg.text_dim}], got {tuple(context.shape)}"
+            )
+        check_key_mask(context_mask, b, context.shape[1], "context_mask")
+
+    def num_params(self) -> int:
+        """Return the number of parameters."""
+        return sum(p.numel() for p in self.parameters())
