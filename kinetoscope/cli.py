@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kinetoscope.errors import UserError
@@ -117,13 +118,150 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- the capabilities: generate, image, animate, extend, connect, edit, loop ----
+# Arguments and input files are checked before the model loads, so bad input fails at once;
+# every output is written atomically, so a failure leaves no partial file.
+
+
+def _out(args: argparse.Namespace, default: str, image: bool = False):
+    from pathlib import Path
+
+    from kinetoscope.video import IMAGE_EXTS, SAVE_EXTS
+
+    out = Path(args.out or default)
+    ext = out.suffix.lower()
+    if ext not in SAVE_EXTS:
+        raise UserError(f"--out {out}: unsupported extension {ext!r}; use {', '.join(SAVE_EXTS)}")
+    if ext in IMAGE_EXTS and not image:
+        raise UserError(f"--out {out}: a video needs .mp4, .webm or .gif")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder")
+    return out
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from kinetoscope.pipeline import check_seconds
+
+    for name in ("seconds", "transition"):
+        if getattr(args, name, None) is not None:
+            check_seconds(getattr(args, name), f"--{name}")
+    for name in ("frames", "steps"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be >= 1, got {value}")
+    if getattr(args, "fps", None) is not None and not 0 < args.fps <= 240:
+        raise UserError(f"--fps must be in (0, 240], got {args.fps}")
+    strength = getattr(args, "strength", None)
+    if strength is not None and not 0.0 <= strength <= 1.0:
+        raise UserError(f"--strength must be in [0, 1], got {strength}")
+
+
+def _run_capability(args: argparse.Namespace, make, default_out: str, image: bool = False):
+    """Checks arguments, reads inputs, loads the model, runs `make(pipe, inputs)`, saves."""
+    import warnings
+
+    from kinetoscope.pipeline import Notice, Pipeline
+    from kinetoscope.video import Video
+
+    out = _out(args, default_out, image)
+    _check_args(args)
+    inputs = [Video.read(getattr(args, k)) for k in ("image", "video", "video_a", "video_b")
+              if getattr(args, k, None)]  # fmt: skip
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", Notice)
+        show = warnings.showwarning
+
+        def note(message, category, *rest, **kw):
+            if issubclass(category, Notice):
+                print(f"kinetoscope {args.command}: note: {message}", file=sys.stderr)
+            else:
+                show(message, category, *rest, **kw)
+
+        warnings.showwarning = note
+        kw = dict(steps=args.steps, guidance=args.guidance, seed=args.seed,
+                  expand=not args.no_expand)  # fmt: skip
+        result = make(pipe, inputs, kw)
+        if result.metadata.get("expanded_prompt") is not None and not args.no_expand:
+            print(f"prompt: {result.metadata['expanded_prompt']}")
+        result.save(out)
+    n = result.num_frames
+    what = "1 frame" if n == 1 else f"{n} frames at {result.fps:g} fps"
+    print(f"kinetoscope {args.command}: wrote {out} ({result.width}x{result.height}, {what})")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    def make(pipe, inputs, kw):  # a Stream: long videos go to the file as windows finish
+        return pipe.generate_stream(args.prompt, seconds=args.seconds, frames=args.frames,
+                                    size=args.size, fps=args.fps, **kw)  # fmt: skip
+
+    return _run_capability(args, make, "out.mp4")
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    return _run_capability(
+        args, lambda pipe, _, kw: pipe.image(args.prompt, size=args.size, **kw), "out.png", True
+    )
+
+
+def cmd_animate(args: argparse.Namespace) -> int:
+    def make(pipe, inputs, kw):
+        return pipe.animate(inputs[0], args.prompt, seconds=args.seconds, frames=args.frames,
+                            size=args.size, fps=args.fps, **kw)  # fmt: skip
+
+    return _run_capability(args, make, "out.mp4")
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    def make(pipe, inputs, kw):
+        return pipe.extend(inputs[0], args.prompt, seconds=args.seconds,
+                           direction=args.direction, size=args.size, **kw)  # fmt: skip
+
+    return _run_capability(args, make, "out.mp4")
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    def make(pipe, inputs, kw):
+        return pipe.connect(*inputs, args.prompt, seconds=args.seconds, size=args.size, **kw)
+
+    return _run_capability(args, make, "out.mp4")
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    def make(pipe, inputs, kw):
+        return pipe.edit(inputs[0], args.prompt, strength=args.strength, size=args.size, **kw)
+
+    return _run_capability(args, make, "out.mp4")
+
+
+def cmd_loop(args: argparse.Namespace) -> int:
+    def make(pipe, inputs, kw):
+        video = inputs[0] if inputs else None
+        return pipe.loop(args.prompt, video=video, seconds=args.seconds,
+                         transition=args.transition, size=args.size, **kw)  # fmt: skip
+
+    return _run_capability(args, make, "out.mp4")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from kinetoscope.train.config import load_config
     from kinetoscope.train.trainer import train
 
     cfg = load_config(args.config, args.overrides)  # every key checked before any work
     run = train(cfg, resume=args.resume, device=args.device)
-    print(f"kinetoscope train: done; checkpoints and metrics in {run}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not one per torchrun rank
+        print(f"kinetoscope train: done; checkpoints and metrics in {run}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from kinetoscope.interop.wan import convert_folder
+
+    out = convert_folder(args.src, args.out, args.format)
+    print(f"kinetoscope convert: wrote {out} ({args.format} format)")
     return 0
 
 
@@ -139,25 +277,37 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
-    p = add("generate", "generate a video from a text prompt", _not_built("generate"), *GEN)
+    no_expand = dict(action="store_true", help="give the model the prompt as written")
+    p = add("generate", "generate a video from a text prompt", cmd_generate, *GEN)
     p.add_argument("prompt")
-    p = add("image", "generate a single image from a text prompt", _not_built("image"), *GEN)
+    p.add_argument("--no-expand", **no_expand)
+    p = add("image", "generate a single image from a text prompt", cmd_image, *GEN)
     p.add_argument("prompt")
-    p = add("animate", "animate an image into a video", _not_built("animate"), *GEN)
+    p.add_argument("--no-expand", **no_expand)
+    p = add("animate", "animate an image into a video", cmd_animate, *GEN)
     p.add_argument("image")
     p.add_argument("prompt")
-    p = add("extend", "extend a video forward or backward in time", _not_built("extend"), *GEN)
+    p.add_argument("--no-expand", **no_expand)
+    p = add("extend", "extend a video forward or backward in time", cmd_extend, *GEN)
     p.add_argument("video")
     p.add_argument("prompt")
     p.add_argument("--direction", choices=["forward", "backward"], default="forward")
-    p = add("connect", "generate a transition joining two videos", _not_built("connect"), *GEN)
+    p.add_argument("--no-expand", **no_expand)
+    p = add("connect", "generate a transition joining two videos", cmd_connect, *GEN)
     p.add_argument("video_a")
     p.add_argument("video_b")
     p.add_argument("prompt")
-    p = add("edit", "edit a video with a new prompt (SDEdit)", _not_built("edit"), *GEN)
+    p.add_argument("--no-expand", **no_expand)
+    p = add("edit", "edit a video with a new prompt (SDEdit)", cmd_edit, *GEN)
     p.add_argument("video")
     p.add_argument("prompt")
     p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 regenerates")
+    p.add_argument("--no-expand", **no_expand)
+    p = add("loop", "make a video whose end flows into its start", cmd_loop, *GEN)
+    p.add_argument("prompt")
+    p.add_argument("--video", help="loop this video (default: generate --seconds of video)")
+    p.add_argument("--transition", type=float, help="seconds of the transition (default 2)")
+    p.add_argument("--no-expand", **no_expand)
     p = add("expand", "expand a short prompt into a detailed caption", cmd_expand, "seed")
     p.add_argument("prompt")
     p.add_argument("--expander", choices=["rule", "openai"], default="rule")
@@ -199,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="prompt file, one per line")
     p = add("bench", "time a job on this machine", _not_built("bench"), *GEN)
     p.add_argument("what", choices=["generate", "render"])
+    p = add("convert", "rewrite a model folder (Wan2.1) in our or diffusers' format", cmd_convert)
+    p.add_argument("src", help="a Wan2.1 folder (original or diffusers layout) or a model folder")
+    p.add_argument("--out", "-o", required=True, help="new folder to write")
+    p.add_argument("--format", choices=["kinetoscope", "diffusers"], default="kinetoscope")
     p = add("info", "print frames, size, fps, duration and codec of a video or image", cmd_info)
     p.add_argument("file")
     return parser

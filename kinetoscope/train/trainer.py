@@ -1,0 +1,401 @@
+"""The training loop for both stages: `vae` (the video compression network) and `dit` (the
+diffusion transformer and its text encoder, trained jointly on VAE latents).
+
+One process on a CPU and N processes under `torchrun` run the same code; distributed.py wraps
+the model from outside. A run resumes exactly: every random draw of a step comes from a
+generator seeded with (seed, batch index, rank), the data stream is a pure function of the
+batch index, and a checkpoint holds model, EMA, optimizer, schedule, RNG and data position.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kinetoscope.errors import UserError
+from kinetoscope.train import distributed as D
+from kinetoscope.train.checkpoint import (
+    latest,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from kinetoscope.train.config import TrainConfig
+from kinetoscope.train.ema import EMA
+
+METRICS = "metrics.jsonl"
+
+
+# ---- the models of each stage ------------------------------------------------------------
+
+
+class TextToVideo(nn.Module):
+    """The DiT and its byte-level text encoder as one trainable module (one DDP/FSDP unit)."""
+
+    def __init__(self, dit: nn.Module, text: nn.Module) -> None:
+        super().__init__()
+        self.dit, self.text = dit, text
+
+    def forward(self, x_t, t, ids, ids_mask):
+        """Returns velocity [B, C, T, H, W]; text goes in as byte ids so it trains with the DiT."""
+        context = self.text.encode_ids(ids, ids_mask)  # [B, L, D]
+        return self.dit(x_t, t, context, ids_mask)
+
+
+def make_model_fn(cfg: TrainConfig):
+    """Returns a function building the trainable model of the config's stage, seeded."""
+    m = cfg.model
+
+    def make() -> nn.Module:
+        torch.manual_seed(cfg.train.seed)  # the same initial weights for any world size
+        if m.stage == "vae":
+            from kinetoscope.models.vae import VAE
+
+            return VAE.from_preset(m.vae)
+        from kinetoscope.models.dit import DiT, dit_config
+        from kinetoscope.models.text import ByteTextEncoder, byte_text_config
+
+        text_cfg = byte_text_config(m.text)
+        return TextToVideo(DiT(dit_config(m.dit, text_dim=text_cfg.dim)), ByteTextEncoder(text_cfg))
+
+    return make
+
+
+def load_frozen_vae(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Returns the frozen VAE the dit stage encodes with: `model.vae_path`'s EMA weights."""
+    from kinetoscope.models.vae import VAE
+
+    vae = VAE.from_preset(cfg.model.vae)
+    path = cfg.model.vae_path
+    if path is None:
+        print("kinetoscope train: model.vae_path is unset; encoding with an untrained VAE")
+    else:
+        tensors, _ = load_checkpoint(path)
+        vae.load_state_dict(tensors.get("ema") or tensors["model"], strict=False)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+# ---- data ------------------------------------------------------------------------------
+
+
+def batches(cfg: TrainConfig, info: D.DistInfo, start: int):
+    """Yields this rank's batches from batch index `start` (the data position) on."""
+    if cfg.model.stage == "dit" and cfg.data.latent_cache:
+        from torch.utils.data import DataLoader
+
+        from kinetoscope.data.buckets import BucketBatchSampler
+        from kinetoscope.data.latent_cache import LatentCache, collate_latents
+
+        cache = LatentCache(cfg.data.latent_cache)
+        assign, sizes = cache.bucket_assignments(cfg.data.tokens_per_batch, cfg.data.max_batch_size)
+        sampler = BucketBatchSampler(
+            assign, sizes, cfg.train.seed, info.rank, info.world_size, start
+        )
+        loader = DataLoader(
+            cache,
+            batch_sampler=sampler,
+            collate_fn=collate_latents,
+            num_workers=cfg.data.num_workers,
+        )
+        yield from loader
+        return
+    if cfg.data.source == "manifest":
+        raise UserError("data.source=manifest training is not wired into the trainer yet")
+    from kinetoscope.data.shapeworld import ShapeWorldClips, loader
+
+    ds = ShapeWorldClips.from_config(cfg, info.rank, info.world_size, start)
+    yield from loader(ds, cfg.data.num_workers)
+
+
+# ---- the loss of one micro-batch -----------------------------------------------------------
+
+
+def step_generator(cfg: TrainConfig, j: int, rank: int) -> torch.Generator:
+    """Returns the generator of every random draw for batch j on this rank (exact resume)."""
+    seed = np.random.SeedSequence([cfg.train.seed, 3, j, rank]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(seed))
+
+
+def vae_loss(forward, batch, g: torch.Generator, device) -> torch.Tensor:
+    """Returns L1 reconstruction + a small KL towards N(0, 1) for a batch of clips."""
+    x = batch["video"].to(device)  # [B, 3, T, H, W]
+    recon, mean, logvar = forward(x, generator=g)
+    l1 = (recon.float() - x).abs().mean()
+    kl = 0.5 * (mean.float().square() + logvar.float().exp() - 1 - logvar.float()).mean()
+    return l1 + 1e-6 * kl
+
+
+def encode_whole(vae, x: torch.Tensor) -> torch.Tensor:
+    """Returns normalised posterior-mean latents of x [B,3,T,H,W], the whole clip in one pass.
+
+    Training clips are short, so the chunked path (for long videos) buys nothing here.
+    """
+    mean, _ = vae.encode_dist(x, chunked=False)
+    return (mean - vae.latents_mean) / vae.latents_std
+
+
+@dataclass
+class DiTInputs:
+    vae: nn.Module | None  # None when reading a latent cache
+    model: TextToVideo  # the plain module (for tokenize)
+
+
+def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: DiTInputs):
+    """Returns the flow-matching loss of a batch: random t, text dropout, frame conditions."""
+    from kinetoscope.diffusion.conditioning import ConditionProbs, FrameCondition, random_condition
+    from kinetoscope.diffusion.flow import flow_loss, sample_t, shift_for_tokens, shift_t
+
+    if "latent" in batch:
+        x0 = batch["latent"].to(device).float()
+    else:
+        with torch.no_grad():
+            x0 = encode_whole(io.vae, batch["video"].to(device)).float()
+    b, _, t_lat, h, w = x0.shape  # [B, C, T, H, W]
+    captions = list(batch["caption"])
+    drop = torch.rand(b, generator=g) < cfg.train.text_dropout  # CFG: learn the "" prompt
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    ids, ids_mask = io.model.text.tokenize(captions)
+    shift = shift_for_tokens(t_lat * (h // 2) * (w // 2))
+    t = shift_t(sample_t(b, g), shift).to(device)
+    probs = ConditionProbs(**{k: cfg.train.conditions.get(k, 0.0) for k in _kinds()})
+    known = random_condition(b, t_lat, g, probs)  # [B, T] True = given clean
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    cond = FrameCondition(known.to(device), x0)
+    return flow_loss(forward, x0, t, noise, ids, ids_mask, cond)
+
+
+def _kinds() -> tuple[str, ...]:
+    from kinetoscope.diffusion.conditioning import KINDS
+
+    return KINDS
+
+
+# ---- schedule, metrics ---------------------------------------------------------------------
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Returns the learning rate of optimizer step `step`: linear warmup, then cosine."""
+    o = cfg.optim
+    if step < o.warmup:
+        return o.lr * (step + 1) / o.warmup
+    if not o.cosine:
+        return o.lr
+    progress = (step - o.warmup) / max(1, cfg.train.steps - o.warmup)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Returns the metrics.jsonl records of a run."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drops records past `step`: a killed run logged steps its checkpoint does not hold."""
+    kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    (run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+# ---- samples next to checkpoints -------------------------------------------------------------
+
+
+@torch.no_grad()
+def write_samples(cfg, model_fn, ema_state, batch, vae, out: Path, device) -> None:
+    """Writes a sample video with the EMA weights (dit) or reconstructions (vae) to `out`."""
+    from kinetoscope.video import Video
+
+    model = model_fn()
+    model.load_state_dict(ema_state, strict=False)  # EMA holds every trainable tensor
+    model.to(device).eval()
+    ac = _autocast(cfg, device)
+    if cfg.model.stage == "vae":
+        x = batch["video"][:2].to(device)
+        with ac:
+            recon = model.decode(encode_whole(model, x), chunked=False).float()
+        both = torch.cat([x, recon], dim=-1)  # input | reconstruction, side by side
+        for i in range(both.shape[0]):
+            Video.from_tensor(both[i].cpu(), fps=cfg.data.fps).save(out / f"recon_{i}.gif")
+        return
+    from kinetoscope.diffusion.sampling import sample
+
+    caption = batch["caption"][:1]
+    ids, mask = model.text.tokenize(caption)
+    null_ids, null_mask = model.text.tokenize([""])
+    if "latent" in batch:
+        shape = batch["latent"][:1].shape
+    else:
+        f, h, w = batch["video"].shape[2:]
+        shape = (1, model.dit.cfg.in_channels, 1 + (f - 1) // 4, h // 8, w // 8)
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    noise = torch.randn(shape, generator=g).to(device)
+    with ac:
+        ctx, nctx = model.text.encode_ids(ids, mask), model.text.encode_ids(null_ids, null_mask)
+        z = sample(model.dit, noise, ctx, mask, nctx, null_mask, steps=10, guidance=3.0,
+                   progress=False)  # fmt: skip
+        if vae is not None:
+            x = vae.decode(z.to(torch.float32), chunked=False).float()
+            Video.from_tensor(x[0].cpu(), fps=cfg.data.fps).save(out / "sample.gif")
+    (out / "sample.txt").write_text(caption[0] + "\n")
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if not cfg.train.bf16:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> Path:
+    """Trains the config's stage; returns the run folder (checkpoints, metrics.jsonl, samples)."""
+    info = D.init_distributed(device)
+    run = Path(cfg.train.out)
+    try:
+        return _train(cfg, resume, info, run)
+    finally:
+        D.destroy_distributed()
+
+
+def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
+    t, o, dev = cfg.train, cfg.optim, info.device
+    ckpt = latest(run, clean=info.is_main) if resume else None
+    if not resume and latest(run, clean=False) is not None:
+        raise UserError(f"{run} already holds checkpoints: pass --resume, or set train.out")
+    if resume and ckpt is None and info.is_main:
+        print(f"kinetoscope train: no checkpoint in {run}; starting from step 0")
+    tensors, state = load_checkpoint(ckpt) if ckpt else ({}, {})
+    make = make_model_fn(cfg)
+    model, forward = D.build_parallel(
+        make, info, cfg.dist.mode, t.grad_checkpoint, t.compile, init_state=tensors.get("model")
+    )
+    decay, no_decay = [], []  # no weight decay on gains, biases and embeddings' norms
+    for p in model.parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay}]
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=0.0)
+    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
+    start, position = 0, 0
+    if ckpt:
+        D.load_optimizer_state(model, opt, state["optimizer"])
+        if ema is not None and "ema" in tensors:
+            ema.load_state_dict(tensors["ema"])
+        set_rng_state(state["rng"])
+        start, position = state["step"], state["data_position"]
+        if info.is_main:
+            _truncate_metrics(run, start)
+            print(f"kinetoscope train: resumed from {ckpt} (step {start})")
+    if start >= t.steps:
+        return run
+
+    vae = (
+        load_frozen_vae(cfg, dev)
+        if cfg.model.stage == "dit" and not cfg.data.latent_cache
+        else None
+    )
+    if cfg.model.stage == "vae":
+        loss_of = lambda batch, g: vae_loss(forward, batch, g, dev)
+    else:
+        io = DiTInputs(vae, model)
+        loss_of = lambda batch, g: dit_loss(forward, batch, g, dev, cfg, io)
+
+    run.mkdir(parents=True, exist_ok=True)
+    writer = _tensorboard(run) if info.is_main else None
+    bar = None
+    if info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.steps, initial=start, desc=f"train {cfg.model.stage}", unit="step")
+    data = iter(batches(cfg, info, position))
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(start, t.steps):
+        lr = lr_at(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(o.grad_accum):
+            batch = next(data)
+            g = step_generator(cfg, position, info.rank)
+            position += 1
+            with D.no_grad_sync(forward, micro == o.grad_accum - 1), _autocast(cfg, dev):
+                loss = loss_of(batch, g) / o.grad_accum
+            loss.backward()
+            total += loss.item()
+        norm = nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(model)
+        done = step + 1
+
+        loss_mean = D.all_mean(total, info)
+        if info.is_main:
+            rec = {"step": done, "loss": loss_mean, "lr": lr,
+                   "grad_norm": float(D.full_tensor(norm)), "position": position,
+                   "time": round(time.perf_counter() - t0, 3)}  # fmt: skip
+            with open(run / METRICS, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if writer is not None:
+                writer.add_scalar("loss", loss_mean, done)
+                writer.add_scalar("lr", lr, done)
+            bar.update(1)
+            if done % t.log_every == 0 or done == t.steps:
+                bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}")
+        if not math.isfinite(loss_mean):
+            raise UserError(f"loss is {loss_mean} at step {done}; lower optim.lr or check data")
+
+        if done % t.ckpt_every == 0 or done == t.steps:
+            _save(cfg, info, run, done, model, opt, ema, position)
+        if done % t.sample_every == 0 or done == t.steps:
+            ema_state = ema.state_dict() if ema is not None else D.model_state(model)
+            if info.is_main:
+                out = run / f"samples_{done:06d}"
+                out.mkdir(exist_ok=True)
+                write_samples(cfg, make, ema_state, batch, vae, out, dev)
+            D.barrier()
+    if bar is not None:
+        bar.close()
+    return run
+
+
+def _save(cfg, info, run, step, model, opt, ema, position) -> None:
+    """Gathers full state on every rank, writes on rank 0; stops every rank if the write fails."""
+    tensors = {"model": D.model_state(model)}
+    if ema is not None:
+        tensors["ema"] = ema.state_dict()
+    state = {
+        "optimizer": D.optimizer_state(model, opt),
+        "scheduler": {"step": step, "lr": lr_at(cfg, step)},  # lr is a pure function of step
+        "rng": rng_state(),
+        "data_position": position,
+        "world_size": info.world_size,
+    }
+    error = None
+    if info.is_main:
+        try:
+            save_checkpoint(run, step, tensors, state, config=cfg, keep_last=cfg.train.keep_last)
+        except UserError as e:  # out of disk: the previous checkpoint is intact
+            error = str(e)
+    error = D.broadcast_object(error, info)
+    if error:
+        raise UserError(f"{error}; training stopped at step {step}")

@@ -1,0 +1,96 @@
+"""The training loop: schedule, outputs of a run, refusing to clobber a run, bad config and a
+full disk, on a micro VAE that steps in well under a second."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+
+import pytest
+
+from kinetoscope.cli import main
+from kinetoscope.models import vae as V
+from kinetoscope.train import checkpoint as C
+from kinetoscope.train.config import resolve
+from kinetoscope.train.trainer import lr_at, read_metrics, train
+
+MICRO = [
+    "model.stage=vae", "model.vae=micro", "data.buckets=[[1,16,16]]", "data.image_share=1.0",
+    "data.tokens_per_batch=2", "data.max_batch_size=2", "data.num_workers=0",
+    "train.sample_every=1000", "optim.warmup=1",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def micro_vae(monkeypatch):
+    monkeypatch.setitem(V.PRESETS, "micro", V.VAEConfig(dim=8, dim_mult=(1, 1, 1, 1), z_dim=4))
+
+
+def cfg_for(tmp_path, *extra):
+    return resolve({}, [*MICRO, f"train.out={tmp_path / 'run'}", *extra])
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    cfg = resolve({}, ["optim.lr=1e-3", "optim.min_lr=1e-4", "optim.warmup=10", "train.steps=110"])
+    assert lr_at(cfg, 0) == pytest.approx(1e-4)
+    assert lr_at(cfg, 9) == pytest.approx(1e-3)
+    assert lr_at(cfg, 60) == pytest.approx(0.55e-3)  # half way through the cosine
+    assert lr_at(cfg, 110) == pytest.approx(1e-4)
+    lrs = [lr_at(cfg, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_run_writes_metrics_checkpoints_and_samples(tmp_path):
+    cfg = cfg_for(tmp_path, "train.steps=3", "train.ckpt_every=2", "train.sample_every=3")
+    run = train(cfg)
+    recs = read_metrics(run)
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in recs)
+    assert [s for s, _ in C.list_checkpoints(run)] == [2, 3]
+    tensors, state = C.load_checkpoint(run)
+    assert set(tensors) == {"model", "ema"} and state["step"] == 3
+    assert state["data_position"] == 3 and "optimizer" in state and "rng" in state
+    assert (run / "step_000003" / "config.yaml").exists()
+    assert list((run / "samples_000003").glob("recon_*.gif"))
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):
+    train(cfg_for(tmp_path, "train.steps=1"))
+    rc = main(["train", "/dev/null", *MICRO, f"train.out={tmp_path / 'run'}", "train.steps=2"])
+    assert rc == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_bad_config_key_fails_in_one_line_naming_it(tmp_path, capsys):
+    rc = main(["train", "/dev/null", f"train.out={tmp_path / 'run'}", "optim.lrr=1e-3"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "optim.lrr" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # failed before any work
+    rc = main(["train", "/dev/null", "optim.grad_accum=0"])
+    assert rc == 2 and "optim.grad_accum" in capsys.readouterr().err
+
+
+def test_full_disk_keeps_previous_checkpoint_and_stops(tmp_path, monkeypatch):
+    cfg = cfg_for(tmp_path, "train.steps=4", "train.ckpt_every=2")
+    real = C.save_file
+    calls = []
+
+    def save_file(tensors, path, metadata=None):
+        calls.append(path)
+        if "step_000004" in path:  # the second checkpoint hits a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(C, "save_file", save_file)
+    with pytest.raises(C.UserError, match="no space left.*step_000002 is intact.*stopped"):
+        train(cfg)
+    assert [s for s, _ in C.list_checkpoints(tmp_path / "run")] == [2]
+    tensors, state = C.load_checkpoint(tmp_path / "run")
+    assert state["step"] == 2 and tensors["model"]
+
+
+def test_grad_accum_consumes_one_batch_per_micro_step(tmp_path):
+    run = train(cfg_for(tmp_path, "train.steps=2", "optim.grad_accum=2", "train.ckpt_every=2"))
+    assert [r["position"] for r in read_metrics(run)] == [2, 4]
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
