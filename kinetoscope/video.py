@@ -343,6 +343,10 @@ def _write(video: Video, path: str, ext: str, bitrate: int | None) -> None:
     if ext == ".gif":  # the muxer repeats the previous delay for the last frame unless told
         muxer["final_delay"] = str(round(n * 100 / fps) - round((n - 1) * 100 / fps))
     with av.open(path, "w", options=muxer) as c:
+        if ext in (".mp4", ".webm"):  # e.g. the prompt and expanded prompt travel with the file
+            for key in ("title", "comment"):
+                if video.metadata.get(key):
+                    c.metadata[key] = str(video.metadata[key])
         h, w = frames.shape[1:3]
         if ext == ".mp4" and (w % 2 or h % 2):
             frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")

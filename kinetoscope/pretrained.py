@@ -1,0 +1,234 @@
+"""Where a Pipeline's weights come from: the bundled folder format, training runs, Wan2.1.
+
+A pipeline folder (what `Pipeline.save_pretrained` writes and what ships as
+`kinetoscope/weights/shapeworld-tiny/`):
+
+  config.json        {"format": "kinetoscope-pipeline", "version": 1, "name": ...,
+                      "vae": VAEConfig, "dit": DiTConfig, "text": {"kind": "byte", "config":
+                      ByteTextConfig}, "defaults": PipelineDefaults}  (every field written out)
+  vae.safetensors    VAE state dict (with its latent mean / std buffers)
+  dit.safetensors    DiT state dict
+  text.safetensors   ByteTextEncoder state dict
+  README.md          the model card
+
+A training run (`kinetoscope train` with model.stage=dit) is read as it lies: the newest
+`step_XXXXXX/` checkpoint, its EMA weights over the raw ones, its config.yaml for the presets,
+and the VAE run its `model.vae_path` names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kinetoscope.errors import UserError
+
+FORMAT, VERSION = "kinetoscope-pipeline", 1
+WEIGHTS = Path(__file__).parent / "weights"
+BUNDLED = ("shapeworld-tiny",)
+
+
+def load(name_or_path: str | Path, device=None, dtype: torch.dtype | None = None):
+    """Returns a Pipeline from a bundled name, a pipeline folder, a training run or Wan2.1."""
+    name = str(name_or_path)
+    if name in BUNDLED:
+        path = WEIGHTS / name
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"bundled model {name} is not in this install yet; "
+                "pass --model PATH to a trained run"
+            )
+    else:
+        path = Path(name_or_path)
+        if not path.exists():
+            raise UserError(
+                f"model {name}: no such folder; pass 'shapeworld-tiny', a folder written by "
+                "`kinetoscope train` or Pipeline.save_pretrained, or a Wan2.1 folder"
+            )
+        if not path.is_dir():
+            raise UserError(f"model {name}: is a file; a model is a folder")
+    dtype = dtype or torch.bfloat16
+    if _is_pipeline(path):
+        return load_folder(path, device, dtype)
+    if (path / "model_index.json").is_file() or (path / "Wan2.1_VAE.pth").is_file():
+        return load_wan(path, device, dtype)
+    if (path / "state.pt").is_file() or any(path.glob("step_*/state.pt")):
+        return load_run(path, device, dtype)
+    raise UserError(
+        f"{path}: not a model folder (no config.json of a saved pipeline, no step_XXXXXX/ "
+        "checkpoints of a training run, no Wan2.1 files)"
+    )
+
+
+def _is_pipeline(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _build(cls, data: dict):
+    """Returns the dataclass `cls` from a dict, ignoring keys this version does not know."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _read_weights(path: Path, device) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # a truncated or foreign file: one line, not a traceback
+        raise UserError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
+
+
+def load_folder(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
+    """Returns the Pipeline of a folder written by `save`."""
+    from kinetoscope.models.dit import DiT, DiTConfig
+    from kinetoscope.models.text import ByteTextConfig, ByteTextEncoder
+    from kinetoscope.models.vae import VAE, VAEConfig
+    from kinetoscope.pipeline import Pipeline, PipelineDefaults
+
+    cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("version", 0) > VERSION:
+        raise UserError(f"{path} was saved by a newer kinetoscope (format {cfg['version']})")
+    if cfg["text"].get("kind") not in ("byte", "wan-umt5"):
+        raise UserError(f"{path}: text encoder kind {cfg['text'].get('kind')!r} is not supported")
+    vae = VAE(_build(VAEConfig, cfg["vae"]))
+    dit = DiT(_build(DiTConfig, cfg["dit"]))
+    modules = [(vae, "vae"), (dit, "dit")]
+    if cfg["text"]["kind"] == "wan-umt5":  # Wan2.1's UMT5 in text/ (kinetoscope.interop.wan)
+        from kinetoscope.interop.wan import load_text_folder
+
+        text = load_text_folder(path, cfg["text"], None)
+    else:
+        text = ByteTextEncoder(_build(ByteTextConfig, cfg["text"]["config"]))
+        modules.append((text, "text"))
+    for module, file in modules:
+        module.load_state_dict(_read_weights(path / f"{file}.safetensors", "cpu"))
+    defaults = _build(PipelineDefaults, cfg.get("defaults", {}))
+    name = cfg.get("name") or path.name
+    return Pipeline(vae, dit, text, defaults, device, dtype, name=name)
+
+
+def save(pipe, path: str | Path, card: str | None = None) -> Path:
+    """Returns `path` holding the pipeline's weights, config.json and README.md model card."""
+    from kinetoscope.interop.wan import WanT5, save_text
+    from kinetoscope.models.text import ByteTextEncoder
+
+    wan = isinstance(pipe.text_encoder, WanT5)  # Wan2.1's UMT5: text/ as transformers saves it
+    if not (wan or isinstance(pipe.text_encoder, ByteTextEncoder)):
+        raise ValueError("save_pretrained stores ByteTextEncoder pipelines; T5 stays external")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    modules = ((pipe.vae, "vae"), (pipe.dit, "dit"), (pipe.text_encoder, "text"))
+    for module, file in modules[:2] if wan else modules:
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(path / f"{file}.safetensors"), metadata={"format": FORMAT})
+    cfg = {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": pipe.name,
+        "vae": asdict(pipe.vae.cfg),
+        "dit": asdict(pipe.dit.cfg),
+        "text": save_text(pipe.text_encoder, path)
+        if wan
+        else {"kind": "byte", "config": asdict(pipe.text_encoder.cfg)},
+        "defaults": asdict(pipe.defaults),
+    }
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (path / "README.md").write_text(card or _default_card(pipe))
+    return path
+
+
+def _default_card(pipe) -> str:
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    d = pipe.defaults
+    return (
+        f"# {pipe.name}\n\n"
+        "A kinetoscope pipeline folder (see kinetoscope/pretrained.py for the format).\n\n"
+        f"- VAE: {count(pipe.vae) / 1e6:.2f} M parameters, {pipe.vae.cfg.z_dim} latent channels\n"
+        f"- DiT: {count(pipe.dit) / 1e6:.2f} M parameters, {pipe.dit.cfg.num_layers} layers, "
+        f"dim {pipe.dit.cfg.dim}\n"
+        f"- text: byte-level encoder, {count(pipe.text_encoder) / 1e6:.2f} M parameters\n"
+        f"- defaults: {d.width}x{d.height}, {d.fps:g} fps, {d.seconds:g} s, {d.steps} steps "
+        f"({d.sampler}), guidance {d.guidance:g}\n\n"
+        "Training data, commands, steps, wall time and measured figures: not written yet.\n"
+    )
+
+
+def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
+    """Returns the Pipeline of a dit training run: newest checkpoint, EMA weights."""
+    from kinetoscope.models.dit import DiT, dit_config
+    from kinetoscope.models.text import ByteTextEncoder, byte_text_config
+    from kinetoscope.models.vae import VAE
+    from kinetoscope.pipeline import Pipeline, PipelineDefaults
+    from kinetoscope.train.checkpoint import CONFIG_FILE, latest, load_checkpoint
+    from kinetoscope.train.config import load_config
+
+    ckpt = path if (path / "state.pt").is_file() else latest(path, clean=False)
+    if ckpt is None or not (ckpt / CONFIG_FILE).is_file():
+        raise UserError(f"{path}: no complete checkpoint with a {CONFIG_FILE} in it")
+    cfg = load_config(ckpt / CONFIG_FILE)
+    m = cfg.model
+    if m.stage != "dit":
+        raise UserError(
+            f"{path} is a {m.stage} run; pass the dit run trained with model.vae_path={path}"
+        )
+    if not m.vae_path:
+        raise UserError(f"{path}: its config has no model.vae_path, so no trained VAE to decode")
+    vae_dir = _find(Path(m.vae_path), path)
+    if vae_dir is None:
+        raise UserError(f"{path}: its VAE {m.vae_path} (model.vae_path) is not there")
+
+    tensors, _ = load_checkpoint(ckpt)
+    state = {**tensors["model"], **tensors.get("ema", {})}  # EMA holds parameters, not buffers
+    text = ByteTextEncoder(byte_text_config(m.text))
+    dit = DiT(dit_config(m.dit, text_dim=text.cfg.dim))
+    text.load_state_dict(_strip(state, "text."))
+    dit.load_state_dict(_strip(state, "dit."))
+    vae_tensors, _ = load_checkpoint(vae_dir)
+    vae = VAE.from_preset(m.vae)
+    vae.load_state_dict({**vae_tensors["model"], **vae_tensors.get("ema", {})})
+
+    window = max(3, 1 + (cfg.data.frames - 1) // vae.cfg.time_factor)
+    defaults = PipelineDefaults(
+        width=cfg.data.width,
+        height=cfg.data.height,
+        fps=cfg.data.fps,
+        window=window,
+        overlap=min(3, (window - 1) // 2),
+    )
+    return Pipeline(vae, dit, text, defaults, device, dtype, name=f"{path.name}@{ckpt.name}")
+
+
+def _find(p: Path, run: Path) -> Path | None:
+    """Returns the VAE run `p` as written (relative to where training ran, or to the run)."""
+    for c in (p, run / p, run.parent / p, run.parent.parent / p):
+        if c.exists():
+            return c
+    return None
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    out = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not out:
+        raise UserError(f"checkpoint holds no {prefix.rstrip('.')} weights")
+    return out
+
+
+def load_wan(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
+    """Returns a Pipeline of Wan2.1 weights via kinetoscope.interop.wan, when it exists."""
+    import importlib
+
+    try:
+        wan = importlib.import_module("kinetoscope.interop.wan")
+    except ModuleNotFoundError as e:
+        if e.name != "kinetoscope.interop.wan":
+            raise
+        raise UserError(
+            f"{path} looks like a Wan2.1 folder, but this version has no Wan2.1 loader yet"
+        ) from None
+    return wan.load_pipeline(path, device=device, dtype=dtype)
