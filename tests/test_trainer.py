@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from kinetoscope.cli import main
 from kinetoscope.models import vae as V
@@ -53,6 +54,17 @@ def test_run_writes_metrics_checkpoints_and_samples(tmp_path):
     assert state["data_position"] == 3 and "optimizer" in state and "rng" in state
     assert (run / "step_000003" / "config.yaml").exists()
     assert list((run / "samples_000003").glob("recon_*.gif"))
+    # The latent normalisation is measured and stored with the weights the dit stage loads.
+    vae = V.VAE.from_preset("micro")
+    vae.load_state_dict(tensors["ema"], strict=False)
+    z = vae.encode(torch.rand(8, 3, 1, 16, 16) * 2 - 1)  # [B, C, 1, 2, 2]
+    assert not torch.equal(vae.latents_std, torch.ones_like(vae.latents_std))
+    assert 0.2 < z.std().item() < 5.0
+
+
+def test_train_overrides_may_follow_resume(tmp_path, capsys):
+    rc = main(["train", "/dev/null", "--resume", *MICRO, f"train.out={tmp_path}", "train.steps=0"])
+    assert rc == 2 and "train.steps" in capsys.readouterr().err  # the override was read
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):

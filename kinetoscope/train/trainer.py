@@ -134,6 +134,34 @@ def vae_loss(forward, batch, g: torch.Generator, device) -> torch.Tensor:
     return l1 + 1e-6 * kl
 
 
+@torch.no_grad()
+def latent_stats(cfg: TrainConfig, vae_state: dict[str, torch.Tensor], clips: int = 16):
+    """Returns per-channel (mean, std) [1, C, 1, 1, 1] of the VAE's posterior means.
+
+    Measured on clips drawn with their own seed (never the training stream), and stored with
+    the weights, so the dit stage and the pipeline see unit-scale latents.
+    """
+    from kinetoscope.world.render import render
+    from kinetoscope.world.scene import HELDOUT, sample_scene
+
+    vae = make_model_fn(cfg)()
+    vae.load_state_dict(vae_state, strict=False)
+    vae.eval()
+    rng = np.random.default_rng([cfg.train.seed, 7])
+    frames, h, w = max(cfg.data.bucket_list())  # the longest training clips
+    x = torch.stack(
+        [
+            render(sample_scene(rng, exclude=HELDOUT), w, h, frames, cfg.data.fps, i).to_tensor()
+            for i in range(clips)
+        ]
+    )  # [B, 3, T, H, W]
+    with _autocast(cfg, torch.device("cpu")):
+        mean, _ = vae.encode_dist(x, chunked=False)
+    mean = mean.float()
+    dims = (0, 2, 3, 4)
+    return mean.mean(dims, keepdim=True), mean.std(dims, keepdim=True).clamp_min(1e-6)
+
+
 def encode_whole(vae, x: torch.Tensor) -> torch.Tensor:
     """Returns normalised posterior-mean latents of x [B,3,T,H,W], the whole clip in one pass.
 
@@ -392,6 +420,10 @@ def _save(cfg, info, run, step, model, opt, ema, position) -> None:
     }
     error = None
     if info.is_main:
+        if cfg.model.stage == "vae":  # store the latent normalisation with the weights
+            stats = latent_stats(cfg, tensors.get("ema", tensors["model"]))
+            for group in tensors.values():
+                group["latents_mean"], group["latents_std"] = stats
         try:
             save_checkpoint(run, step, tensors, state, config=cfg, keep_last=cfg.train.keep_last)
         except UserError as e:  # out of disk: the previous checkpoint is intact
