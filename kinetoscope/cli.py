@@ -265,6 +265,93 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_json(path) -> None:
+    """Raises UserError at once if the --json file could not be written after a long run."""
+    from pathlib import Path
+
+    if path and not Path(path).resolve().parent.is_dir():
+        raise UserError(f"--json {path}: folder {Path(path).parent} does not exist")
+
+
+def _write_json(path, result: dict) -> None:
+    import json
+
+    try:
+        with open(path, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+    except OSError as e:
+        raise UserError(f"--json {path}: {e.strerror}") from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from kinetoscope import evaluate
+    from kinetoscope.pipeline import Pipeline
+
+    _check_args(args)
+    _check_json(args.json)
+    evaluate.check_count(args.count)
+    if args.what == "adherence":
+        from kinetoscope.prompts.caption import load_prompts
+
+        prompts = load_prompts(args.prompts)
+        if not prompts:
+            raise UserError(f"--prompts {args.prompts}: no prompts in it")
+        evaluate.check_count(args.count, len(prompts))
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    if args.what == "adherence":
+        result = evaluate.eval_adherence(pipe, prompts, expand=not args.no_expand,
+                                         seed=args.seed, steps=args.steps,
+                                         guidance=args.guidance, count=args.count)  # fmt: skip
+        result["prompts"] = args.prompts
+        table = evaluate.adherence_table(result)
+    else:
+        d = pipe.defaults
+        result = evaluate.eval_vae(pipe.vae, args.count or 64, args.seed, d.width, d.height,
+                                   dtype=pipe.dtype)  # fmt: skip
+        result["model"] = pipe.name
+        table = evaluate.vae_table(result)
+    print(table)
+    if args.json:
+        _write_json(args.json, result)
+        print(f"kinetoscope eval: wrote {args.json}")
+    else:  # the summary; per-prompt scores only go to --json
+        print(json.dumps({k: v for k, v in result.items() if k != "per_prompt"}, indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kinetoscope import bench
+    from kinetoscope.pipeline import Pipeline
+
+    _check_args(args)
+    _check_json(args.json)
+    if args.repeat < 1:
+        raise UserError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.what == "render":
+        (w, h), fps = args.size or (64, 64), args.fps or 8.0
+        frames = args.frames or 1 + round((args.seconds or 4.0) * fps)
+        result = bench.bench_render(w, h, frames, fps, args.repeat, args.seed)
+        print(f"render {w}x{h}, {frames} frames: median {result['median']:.3f} s per clip "
+              f"over {args.repeat} scenes after 1 warm-up")  # fmt: skip
+        print(bench.machine_line(result["machine"]))
+    else:
+        out = _out(args, "") if args.out else None
+        pipe = Pipeline.from_pretrained(args.model, device=args.device)
+        result = bench.bench_generate(
+            pipe, args.prompt, args.seconds, args.frames, args.size, args.steps, args.guidance,
+            args.fps, args.seed, not args.no_expand, args.repeat,
+        )  # fmt: skip
+        video = result.pop("last_video")
+        print(bench.generate_table(result))
+        if out:
+            video.save(out)
+    if args.json:
+        _write_json(args.json, result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kinetoscope", description="Open Sora-style text-to-video generation and training."
@@ -337,18 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p = add(
-        "eval",
-        "measure a model (adherence, reconstruction)",
-        _not_built("eval"),
-        "model",
-        "device",
-        "seed",
-    )
+    p = add("eval", "measure a model (adherence, reconstruction)", cmd_eval,
+            "model", "device", "seed", "steps", "guidance")  # fmt: skip
     p.add_argument("what", choices=["adherence", "vae"])
-    p.add_argument("--prompts", help="prompt file, one per line")
-    p = add("bench", "time a job on this machine", _not_built("bench"), *GEN)
+    p.add_argument("--prompts", default="heldout", help="heldout, short, or a file, one a line")
+    p.add_argument("--count", type=int, help="first N prompts (default all) / clips (64)")
+    p.add_argument("--no-expand", **no_expand)
+    p.add_argument("--json", help="write the full results (per-prompt scores too) to this file")
+    p = add("bench", "time a job on this machine", cmd_bench, *GEN)
     p.add_argument("what", choices=["generate", "render"])
+    p.add_argument("--repeat", type=int, default=3, help="timed runs after 1 warm-up (default 3)")
+    p.add_argument("--prompt", default="a red ball bouncing in the snow", help="prompt timed")
+    p.add_argument("--no-expand", **no_expand)
+    p.add_argument("--json", help="write every run's timings and the machine to this JSON file")
     p = add("convert", "rewrite a model folder (Wan2.1) in our or diffusers' format", cmd_convert)
     p.add_argument("src", help="a Wan2.1 folder (original or diffusers layout) or a model folder")
     p.add_argument("--out", "-o", required=True, help="new folder to write")
