@@ -92,6 +92,7 @@ def _worker(rank: int, world: int, port: int, strategy: str, mode: str, path: st
         state = {"model": D.model_state(model), "opt": D.optimizer_state(model, opt)}
         if info.is_main:
             torch.save(state, path)
+        D.barrier()  # leave together: a rank tearing gloo down under a busy peer can abort it
     finally:
         D.destroy_distributed()
 

@@ -403,6 +403,7 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
             D.barrier()
     if bar is not None:
         bar.close()
+    D.barrier()  # every rank leaves together, so none tears down gloo under a busy peer
     return run
 
 
