@@ -257,10 +257,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from kinetoscope.interop.wan import convert_folder
 
-    out = convert_folder(args.src, args.out, args.format)
+    dtype = {"float32": None, "bfloat16": torch_dtype("bfloat16")}[args.dtype]
+    out = convert_folder(args.src, args.out, args.format, weights_dtype=dtype)
     print(f"kinetoscope convert: wrote {out} ({args.format} format)")
     return 0
 
@@ -441,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="a Wan2.1 folder (original or diffusers layout) or a model folder")
     p.add_argument("--out", "-o", required=True, help="new folder to write")
     p.add_argument("--format", choices=["kinetoscope", "diffusers"], default="kinetoscope")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="store weight matrices and kernels as bfloat16 (half the size; kinetoscope format)",
+    )
     p = add("info", "print frames, size, fps, duration and codec of a video or image", cmd_info)
     p.add_argument("file")
     return parser

@@ -137,11 +137,13 @@ class Pipeline:
 
         return load(name_or_path, device=device, dtype=dtype)
 
-    def save_pretrained(self, path: str | Path, card: str | None = None) -> Path:
+    def save_pretrained(
+        self, path: str | Path, card: str | None = None, weights_dtype: torch.dtype | None = None
+    ) -> Path:
         """Returns the folder written: vae/dit/text .safetensors, config.json, README.md."""
         from kinetoscope.pretrained import save
 
-        return save(self, path, card)
+        return save(self, path, card, weights_dtype)
 
     # ---- geometry -----------------------------------------------------------------------------
 

@@ -113,8 +113,15 @@ def load_folder(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     return Pipeline(vae, dit, text, defaults, device, dtype, name=name)
 
 
-def save(pipe, path: str | Path, card: str | None = None) -> Path:
-    """Returns `path` holding the pipeline's weights, config.json and README.md model card."""
+def save(
+    pipe, path: str | Path, card: str | None = None, weights_dtype: torch.dtype | None = None
+) -> Path:
+    """Returns `path` holding the pipeline's weights, config.json and README.md model card.
+
+    `weights_dtype` (e.g. bfloat16, to ship a model at half the size) stores weight matrices
+    and kernels in that dtype; norms, biases and latent statistics stay float32. Loading casts
+    them back into the float32 modules.
+    """
     from kinetoscope.interop.wan import WanT5, save_text
     from kinetoscope.models.text import ByteTextEncoder
 
@@ -126,6 +133,9 @@ def save(pipe, path: str | Path, card: str | None = None) -> Path:
     modules = ((pipe.vae, "vae"), (pipe.dit, "dit"), (pipe.text_encoder, "text"))
     for module, file in modules[:2] if wan else modules:
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        if weights_dtype is not None:  # matrices and kernels only, never buffers
+            params = {k for k, p in module.named_parameters() if p.ndim >= 2}
+            state = {k: v.to(weights_dtype) if k in params else v for k, v in state.items()}
         save_file(state, str(path / f"{file}.safetensors"), metadata={"format": FORMAT})
     cfg = {
         "format": FORMAT,

@@ -74,6 +74,24 @@ def test_save_then_load_gives_the_same_weights_and_defaults(model_dir, pipe):
     assert np.array_equal(gen(ref, frames=5).frames, gen(pipe, frames=5).frames)
 
 
+def test_bfloat16_storage_halves_matrices_and_keeps_buffers_exact(tmp_path):
+    ref = tiny_pipeline()
+    half = ref.save_pretrained(tmp_path / "half", weights_dtype=torch.bfloat16)
+    full = ref.save_pretrained(tmp_path / "full")
+    assert (half / "dit.safetensors").stat().st_size < 0.6 * (
+        full / "dit.safetensors"
+    ).stat().st_size
+    back = Pipeline.from_pretrained(half, device="cpu", dtype=torch.float32)
+    for a, b in ((ref.vae, back.vae), (ref.dit, back.dit)):
+        params = dict(a.named_parameters())
+        for k, v in a.state_dict().items():
+            w = b.state_dict()[k]
+            if k in params and v.ndim >= 2:
+                assert torch.equal(w, v.to(torch.bfloat16).float())  # rounded once, cast back
+            else:
+                assert torch.equal(w, v)  # norms, biases, latent statistics: exact
+
+
 def test_load_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no such folder"):
         Pipeline.from_pretrained(tmp_path / "nope")

@@ -339,11 +339,13 @@ def load_text_folder(path: Path, entry: dict, dtype: torch.dtype | None) -> WanT
     return WanT5.from_pretrained(folder, dtype=dtype or "auto", max_len=entry.get("max_len", 512))
 
 
-def convert_folder(src: str | Path, out: str | Path, fmt: str = "kinetoscope") -> Path:
+def convert_folder(
+    src: str | Path, out: str | Path, fmt: str = "kinetoscope", weights_dtype=None
+) -> Path:
     """Returns `out` holding the model at `src` rewritten as a kinetoscope or diffusers folder.
 
     Tensors are kept in their stored dtype, so diffusers -> kinetoscope -> diffusers round-trips
-    them exactly.
+    them exactly; `weights_dtype` (kinetoscope format) stores matrices and kernels in that dtype.
     """
     from kinetoscope.pretrained import load
 
@@ -364,7 +366,7 @@ def convert_folder(src: str | Path, out: str | Path, fmt: str = "kinetoscope") -
             return convert.save_diffusers(pipe, out)
         except ValueError as e:
             raise UserError(f"{src}: {e}") from None
-    return pipe.save_pretrained(out, card=_card(pipe, src))
+    return pipe.save_pretrained(out, card=_card(pipe, src), weights_dtype=weights_dtype)
 
 
 def _card(pipe, src) -> str:
