@@ -257,6 +257,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from kinetoscope.train.config import load_config
+    from kinetoscope.train.trainer import build_cache
+
+    cfg = load_config(args.config, args.overrides)
+    out = build_cache(cfg, args.samples, device=args.device)
+    print(f"kinetoscope cache: wrote {args.samples} latents to {out}")
+    return 0
+
+
 def torch_dtype(name: str):
     import torch
 
@@ -431,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p = add("cache", "encode a dit recipe's data once into its latent cache", cmd_cache, "device")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.latent_cache=DIR")
+    p.add_argument("--samples", type=int, default=4096, help="clips and images to encode")
     p = add("eval", "measure a model (adherence, reconstruction)", cmd_eval,
             "model", "device", "seed", "steps", "guidance")  # fmt: skip
     p.add_argument("what", choices=["adherence", "vae"])
@@ -464,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # `train CONFIG --resume a.b=c`: overrides may come after options, which argparse's
     # positional list cannot take; anything else left over is an error as usual.
-    if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+    if args.command in ("train", "cache") and all(
+        "=" in e and not e.startswith("-") for e in extra
+    ):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

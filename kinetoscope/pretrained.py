@@ -171,12 +171,13 @@ def _default_card(pipe) -> str:
 
 def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     """Returns the Pipeline of a dit training run: newest checkpoint, EMA weights."""
-    from kinetoscope.models.dit import DiT, dit_config
+    from kinetoscope.models.dit import DiT
     from kinetoscope.models.text import ByteTextEncoder, byte_text_config
     from kinetoscope.models.vae import VAE
     from kinetoscope.pipeline import Pipeline, PipelineDefaults
     from kinetoscope.train.checkpoint import CONFIG_FILE, latest, load_checkpoint
     from kinetoscope.train.config import load_config
+    from kinetoscope.train.trainer import dit_model_config
 
     ckpt = path if (path / "state.pt").is_file() else latest(path, clean=False)
     if ckpt is None or not (ckpt / CONFIG_FILE).is_file():
@@ -196,7 +197,7 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     tensors, _ = load_checkpoint(ckpt)
     state = {**tensors["model"], **tensors.get("ema", {})}  # EMA holds parameters, not buffers
     text = ByteTextEncoder(byte_text_config(m.text))
-    dit = DiT(dit_config(m.dit, text_dim=text.cfg.dim))
+    dit = DiT(dit_model_config(cfg))
     text.load_state_dict(_strip(state, "text."))
     dit.load_state_dict(_strip(state, "dit."))
     vae_tensors, _ = load_checkpoint(vae_dir)

@@ -106,3 +106,29 @@ def test_grad_accum_consumes_one_batch_per_micro_step(tmp_path):
     run = train(cfg_for(tmp_path, "train.steps=2", "optim.grad_accum=2", "train.ckpt_every=2"))
     assert [r["position"] for r in read_metrics(run)] == [2, 4]
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+def test_dit_trains_from_a_latent_cache_it_built(tmp_path, monkeypatch):
+    from kinetoscope.data.latent_cache import LatentCache
+    from kinetoscope.models import dit as DT
+    from kinetoscope.models import text as TX
+
+    micro_dit = DT.DiTConfig(dim=32, ffn_dim=64, num_layers=1, num_heads=2, text_dim=32)
+    monkeypatch.setitem(DT.PRESETS, "micro", micro_dit)
+    monkeypatch.setitem(TX.BYTE_PRESETS, "micro", TX.ByteTextConfig(32, 1, 2, 64))
+    cache = tmp_path / "cache"
+    common = [
+        "model.stage=dit", "model.vae=micro", "model.dit=micro", "model.text=micro",
+        "data.buckets=[[5,16,16],[1,16,16]]", "data.image_share=0.5", "data.num_workers=0",
+        "data.tokens_per_batch=8", "data.max_batch_size=4", f"data.latent_cache={cache}",
+        "train.sample_every=1000", "optim.warmup=1",
+    ]  # fmt: skip
+    assert main(["cache", "/dev/null", *common, "--samples", "6"]) == 0
+    lc = LatentCache(cache)
+    assert len(lc) == 6 and set(lc.shapes()) <= {(4, 2, 2, 2), (4, 1, 2, 2)}
+    assert all(s["caption"] for s in lc.samples)  # captions kept: the text encoder trains
+    run = tmp_path / "run"
+    assert main(["train", "/dev/null", *common, f"train.out={run}", "train.steps=2"]) == 0
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(run))
+    assert main(["cache", "/dev/null", *common[:-3], "--samples", "6"]) == 2  # no cache folder

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,13 +61,24 @@ def make_model_fn(cfg: TrainConfig):
             from kinetoscope.models.vae import VAE
 
             return VAE.from_preset(m.vae)
-        from kinetoscope.models.dit import DiT, dit_config
+        from kinetoscope.models.dit import DiT
         from kinetoscope.models.text import ByteTextEncoder, byte_text_config
 
         text_cfg = byte_text_config(m.text)
-        return TextToVideo(DiT(dit_config(m.dit, text_dim=text_cfg.dim)), ByteTextEncoder(text_cfg))
+        return TextToVideo(DiT(dit_model_config(cfg)), ByteTextEncoder(text_cfg))
 
     return make
+
+
+def dit_model_config(cfg: TrainConfig):
+    """Returns the DiT config of a dit recipe: its preset, sized to the VAE and text encoder."""
+    from kinetoscope.models.dit import dit_config
+    from kinetoscope.models.text import byte_text_config
+    from kinetoscope.models.vae import PRESETS
+
+    z = PRESETS[cfg.model.vae].z_dim
+    text_dim = byte_text_config(cfg.model.text).dim
+    return dit_config(cfg.model.dit, in_channels=z, out_channels=z, text_dim=text_dim)
 
 
 def load_frozen_vae(cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -85,6 +96,42 @@ def load_frozen_vae(cfg: TrainConfig, device: torch.device) -> nn.Module:
 
 
 # ---- data ------------------------------------------------------------------------------
+
+
+def build_cache(cfg: TrainConfig, num_samples: int, device: str | None = None) -> Path:
+    """Returns `data.latent_cache` filled with `num_samples` latents of the config's data.
+
+    The frozen VAE (`model.vae_path`) encodes each clip once, so dit steps that read the cache
+    skip the encode, the costliest part of a small model's step. The byte text encoder trains
+    with the DiT, so only captions are kept for text (its embeddings would go stale).
+    """
+    from kinetoscope.data.latent_cache import build_latent_cache
+
+    if cfg.model.stage != "dit" or not cfg.data.latent_cache:
+        raise UserError("a latent cache needs model.stage=dit and data.latent_cache=FOLDER")
+    if num_samples < 1:
+        raise UserError(f"--samples must be >= 1, got {num_samples}")
+    info = D.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device(device or "cpu"))
+    vae = load_frozen_vae(cfg, info.device)
+    data = replace(cfg, data=replace(cfg.data, latent_cache=None))  # the source, not the cache
+
+    def encode(x):
+        with _autocast(cfg, info.device):
+            return encode_whole(vae, x.to(info.device)).float()
+
+    def no_text(captions):  # [B, 1, 1] placeholders: captions are re-encoded every step
+        return torch.zeros(len(captions), 1, 1), torch.ones(len(captions), 1, dtype=torch.bool)
+
+    from tqdm import tqdm
+
+    with tqdm(total=num_samples, desc="cache latents", unit="clip") as bar:
+
+        def stream():
+            for batch in batches(data, info, 0):
+                bar.update(len(batch["caption"]))
+                yield batch
+
+        return build_latent_cache(stream(), cfg.data.latent_cache, encode, no_text, num_samples)
 
 
 def batches(cfg: TrainConfig, info: D.DistInfo, start: int):
