@@ -132,3 +132,18 @@ def test_dit_trains_from_a_latent_cache_it_built(tmp_path, monkeypatch):
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in read_metrics(run))
     assert main(["cache", "/dev/null", *common[:-3], "--samples", "6"]) == 2  # no cache folder
+
+
+def test_ema_warms_up_so_short_runs_forget_their_initial_weights():
+    from torch import nn
+
+    from kinetoscope.train.ema import EMA
+
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999)
+    assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(10**6) == 0.999
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for step in range(1, 1501):  # the weights jump once, then hold: the EMA must follow
+        ema.update(model, step)
+    assert torch.allclose(ema.state_dict()["weight"], torch.ones(2, 2), atol=1e-3)

@@ -419,9 +419,9 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         norm = nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(model)
         done = step + 1
+        if ema is not None:
+            ema.update(model, done)
 
         loss_mean = D.all_mean(total, info)
         if info.is_main:
