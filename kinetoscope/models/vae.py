@@ -315,6 +315,12 @@ class VAE(nn.Module):
         self.quant_conv = CausalConv3d(2 * z, 2 * z, 1)  # -> posterior mean, logvar
         self.post_quant_conv = CausalConv3d(z, z, 1)
         self.decoder = Decoder3d(cfg)
+        # Start the posterior nearly deterministic (std e^-3). At logvar 0, with a KL weight of
+        # 1e-6, the encoder spends its first thousand steps inflating its means to outshout unit
+        # noise (seen here: latent std 3 and PSNR 16 dB after 400 steps).
+        with torch.no_grad():
+            self.quant_conv.weight[z:].zero_()
+            self.quant_conv.bias[z:].fill_(-6.0)
         # Stored with the weights: latents are (mean - latents_mean) / latents_std per channel.
         mean = cfg.latents_mean or (0.0,) * z
         std = cfg.latents_std or (1.0,) * z
