@@ -14,9 +14,7 @@ connection: extend backward and connect end on it.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -138,30 +136,20 @@ def _write_stream(stream: Stream, p: Path) -> Path:
     """Returns `p`: frames encoded as they arrive into a hidden temp file, renamed when done."""
     import av
 
-    from kinetoscope.video import _CODECS, _av_errors, _av_frame
+    from kinetoscope.video import _CODECS, _av_errors, _av_frame, atomic_write
 
     if not p.parent.is_dir():
         raise UserError(f"{p}: folder {p.parent} does not exist")
-    ext = p.suffix.lower()
-    codec, pix_fmt, options = _CODECS[ext]
-    with _av_errors(p, "write"):
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-", suffix=ext, dir=p.parent)
-    os.close(fd)
-    try:
-        with _av_errors(p, "write"), av.open(tmp, "w") as c:
-            for key in ("title", "comment"):
-                if stream.metadata.get(key):
-                    c.metadata[key] = str(stream.metadata[key])
-            st = c.add_stream(codec, rate=Fraction(stream.fps).limit_denominator(1001),
-                              options=options)  # fmt: skip
-            st.pix_fmt, st.width, st.height = pix_fmt, stream.width, stream.height
-            for chunk in stream.chunks:
-                for frame in chunk:
-                    c.mux(st.encode(_av_frame(frame)))
-            c.mux(st.encode())
-        os.replace(tmp, p)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    codec, pix_fmt, options = _CODECS[p.suffix.lower()]
+    with atomic_write(p) as tmp, _av_errors(p, "write"), av.open(tmp, "w") as c:
+        for key in ("title", "comment"):
+            if stream.metadata.get(key):
+                c.metadata[key] = str(stream.metadata[key])
+        st = c.add_stream(codec, rate=Fraction(stream.fps).limit_denominator(1001),
+                          options=options)  # fmt: skip
+        st.pix_fmt, st.width, st.height = pix_fmt, stream.width, stream.height
+        for chunk in stream.chunks:
+            for frame in chunk:
+                c.mux(st.encode(_av_frame(frame)))
+        c.mux(st.encode())
     return p

@@ -24,6 +24,23 @@ DEFAULT_FPS = 8.0  # what a still image gets: it has no rate of its own
 _SIZE_TAG = "kinetoscope-size="
 
 
+@contextmanager
+def atomic_write(p: Path) -> Iterator[str]:
+    """Yields a hidden temporary path beside `p` (same extension, so PyAV picks the container)
+    and renames it onto `p` when the body succeeds; on any failure it is removed, so `p` is
+    never half-written."""
+    with _av_errors(p, "write"):
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-", suffix=p.suffix.lower(), dir=p.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
 @dataclass
 class Video:
     """Frames `uint8 [T, H, W, 3]` plus `fps`; a still image is a 1-frame video."""
@@ -111,17 +128,8 @@ class Video:
                 f"{p}: {ext} holds one frame but the video has {self.num_frames}; "
                 "use .mp4/.webm/.gif, or video.trim(0, 1) to save the first frame"
             )
-        with _av_errors(p, "write"):
-            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-", suffix=ext, dir=p.parent)
-        os.close(fd)
-        try:
-            with _av_errors(p, "write"):
-                _write(self, tmp, ext, bitrate)
-                os.replace(tmp, p)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
+        with atomic_write(p) as tmp, _av_errors(p, "write"):
+            _write(self, tmp, ext, bitrate)
         return p
 
     # ---- tensors ----
