@@ -147,3 +147,19 @@ def test_ema_warms_up_so_short_runs_forget_their_initial_weights():
     for step in range(1, 1501):  # the weights jump once, then hold: the EMA must follow
         ema.update(model, step)
     assert torch.allclose(ema.state_dict()["weight"], torch.ones(2, 2), atol=1e-3)
+
+
+def test_trains_on_a_manifest_of_real_files_skipping_broken_ones(tmp_path, capsys):
+    from kinetoscope.prompts.caption import write_world_samples
+
+    clips = tmp_path / "clips"
+    write_world_samples(clips, 4, 16, 16, 9, 8.0, seed=0, heldout=False, progress=None)
+    (clips / "000003.mp4").write_bytes(b"not a video")  # one broken file in the manifest
+    run = tmp_path / "run"
+    source = [
+        "data.source=manifest", f"data.path={clips / 'captions.jsonl'}",
+        "data.buckets=[[5,16,16]]", "data.image_share=0", "data.tokens_per_batch=2",
+    ]  # fmt: skip
+    rc = main(["train", "/dev/null", *MICRO, *source, f"train.out={run}", "train.steps=3"])
+    assert rc == 0 and [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    assert "1 clips skipped" in capsys.readouterr().out  # counted and reported, not raised

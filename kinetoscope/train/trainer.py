@@ -156,11 +156,46 @@ def batches(cfg: TrainConfig, info: D.DistInfo, start: int):
         yield from loader
         return
     if cfg.data.source == "manifest":
-        raise UserError("data.source=manifest training is not wired into the trainer yet")
+        from torch.utils.data import DataLoader
+
+        from kinetoscope.data.buckets import BucketBatchSampler, batch_size_for
+        from kinetoscope.data.manifest import ManifestClips, collate
+
+        ds = ManifestClips.from_config(cfg)
+        d = cfg.data
+        sizes = [batch_size_for(b, d.tokens_per_batch, d.max_batch_size) for b in ds.buckets]
+        try:
+            sampler = BucketBatchSampler(
+                ds.assignments, sizes, cfg.train.seed, info.rank, info.world_size, start
+            )
+        except ValueError as e:
+            raise UserError(f"data.path {d.path}: {e}") from None
+        if info.is_main and ds.skipped:
+            print(f"kinetoscope train: {len(ds.skipped)} clips skipped at start, e.g. "
+                  f"{ds.skipped[0][1]}")  # fmt: skip
+        loader = DataLoader(
+            ds, batch_sampler=sampler, collate_fn=collate, num_workers=d.num_workers
+        )
+        yield from loader
+        return
     from kinetoscope.data.shapeworld import ShapeWorldClips, loader
 
     ds = ShapeWorldClips.from_config(cfg, info.rank, info.world_size, start)
     yield from loader(ds, cfg.data.num_workers)
+
+
+def _readable(stream, skipped: list):
+    """Yields the batches that hold video, adding each unreadable clip to `skipped`.
+
+    A long run never stops on one broken file: its clip is dropped from the batch, and a batch
+    whose every clip failed is passed over (a resumed run passes it over again, so the stream
+    stays the same).
+    """
+    for batch in stream:
+        skipped.extend(batch.get("skipped", ()))
+        if "video" in batch and batch["video"] is None:
+            continue
+        yield batch
 
 
 # ---- the loss of one micro-batch -----------------------------------------------------------
@@ -400,7 +435,8 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         from tqdm import tqdm
 
         bar = tqdm(total=t.steps, initial=start, desc=f"train {cfg.model.stage}", unit="step")
-    data = iter(batches(cfg, info, position))
+    skipped: list[tuple[str, str]] = []  # clips that failed to decode mid-run (real videos)
+    data = _readable(batches(cfg, info, position), skipped)
     t0 = time.perf_counter()
     model.train()
     for step in range(start, t.steps):
@@ -450,6 +486,8 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
             D.barrier()
     if bar is not None:
         bar.close()
+    if skipped and info.is_main:
+        print(f"kinetoscope train: {len(skipped)} unreadable clips skipped, e.g. {skipped[0][1]}")
     D.barrier()  # every rank leaves together, so none tears down gloo under a busy peer
     return run
 
