@@ -178,6 +178,12 @@ def test_losses():
     out = vae_loss(x, x + 0.5, mean, logvar, kl_weight=0.1)
     assert out["l1"].item() == pytest.approx(0.5) and out["kl"].item() == 0.0
     assert kl_divergence(mean + 2.0, logvar).item() == pytest.approx(2.0)  # 0.5 * mu^2
+    # MSE weighs one badly wrong pixel (an object missed) over many slightly wrong ones.
+    small, big = x + 0.1, x.clone()
+    big.view(-1)[0] = 0.1 * x.numel()  # the same L1 as `small`, all in one pixel
+    a, b = vae_loss(x, small, mean, logvar, 0.0, 1.0), vae_loss(x, big, mean, logvar, 0.0, 1.0)
+    assert a["l1"].item() == pytest.approx(b["l1"].item()) == pytest.approx(0.1)
+    assert a["mse"].item() == pytest.approx(0.01) and b["loss"].item() > 10 * a["loss"].item()
     disc = PatchDiscriminator3D(dim=8)
     logits = disc(torch.randn(2, 3, 5, 32, 32))
     assert logits.shape[:2] == (2, 1) and logits.shape[2] == 5

@@ -19,17 +19,22 @@ def vae_loss(
     mean: torch.Tensor,
     logvar: torch.Tensor,
     kl_weight: float = 1e-6,
+    mse_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Returns {"loss", "l1", "kl"}: loss = l1 + kl_weight * kl, all fp32 scalars.
+    """Returns {"loss", "l1", "mse", "kl"}: loss = l1 + mse_weight * mse + kl_weight * kl (fp32).
 
     x, recon: `[B, 3, T, H, W]` in [-1, 1]; mean, logvar: the posterior `[B, z, t, h, w]`.
-    Both terms are per-element means, so kl_weight does not depend on the clip size.
+    Every term is a per-element mean, so the weights do not depend on the clip size. L1 gives
+    every pixel the same pull, so small objects on a large background are learned last; the
+    MSE term pulls hardest where the error is largest (seen here: a tiny VAE on ShapeWorld
+    drew backgrounds but no objects after 600 steps of L1 alone).
     """
     if x.shape != recon.shape:
         raise ValueError(f"x and recon shapes differ: {list(x.shape)} vs {list(recon.shape)}")
-    l1 = (x.float() - recon.float()).abs().mean()
+    err = x.float() - recon.float()
+    l1, mse = err.abs().mean(), err.square().mean()
     kl = kl_divergence(mean, logvar)
-    return {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl}
+    return {"loss": l1 + mse_weight * mse + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
 
 
 class PatchDiscriminator3D(nn.Module):

@@ -207,13 +207,13 @@ def step_generator(cfg: TrainConfig, j: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def vae_loss(forward, batch, g: torch.Generator, device) -> torch.Tensor:
-    """Returns L1 reconstruction + a small KL towards N(0, 1) for a batch of clips."""
+def vae_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig) -> torch.Tensor:
+    """Returns L1 (+ MSE) reconstruction + a small KL towards N(0, 1) for a batch of clips."""
+    from kinetoscope.models import vae_loss as losses
+
     x = batch["video"].to(device)  # [B, 3, T, H, W]
     recon, mean, logvar = forward(x, generator=g)
-    l1 = (recon.float() - x).abs().mean()
-    kl = 0.5 * (mean.float().square() + logvar.float().exp() - 1 - logvar.float()).mean()
-    return l1 + 1e-6 * kl
+    return losses.vae_loss(x, recon, mean, logvar, 1e-6, cfg.train.mse_weight)["loss"]
 
 
 @torch.no_grad()
@@ -423,7 +423,7 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         else None
     )
     if cfg.model.stage == "vae":
-        loss_of = lambda batch, g: vae_loss(forward, batch, g, dev)
+        loss_of = lambda batch, g: vae_loss(forward, batch, g, dev, cfg)
     else:
         io = DiTInputs(vae, model)
         loss_of = lambda batch, g: dit_loss(forward, batch, g, dev, cfg, io)
