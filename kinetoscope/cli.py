@@ -7,6 +7,7 @@ import os
 import sys
 
 from kinetoscope.errors import UserError
+from kinetoscope.video import frames_for
 
 EXIT_USAGE = 2
 
@@ -109,7 +110,7 @@ def cmd_world(args: argparse.Namespace) -> int:
     if not args.out:
         raise UserError("world sample needs --out DIR")
     (w, h), fps = args.size or (64, 64), args.fps or 8.0
-    frames = args.frames or max(1, round((args.seconds or 4.0) * fps))
+    frames = args.frames or frames_for(args.seconds or 4.0, fps)
     bar = lambda it: tqdm(it, desc="world sample", unit="clip")
     manifest = write_world_samples(
         args.out, args.count, w, h, frames, fps, args.seed, args.heldout, progress=bar
@@ -348,7 +349,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--repeat must be at least 1, got {args.repeat}")
     if args.what == "render":
         (w, h), fps = args.size or (64, 64), args.fps or 8.0
-        frames = args.frames or 1 + round((args.seconds or 4.0) * fps)
+        frames = args.frames or frames_for(args.seconds or 4.0, fps)
         result = bench.bench_render(w, h, frames, fps, args.repeat, args.seed)
         print(f"render {w}x{h}, {frames} frames: median {result['median']:.3f} s per clip "
               f"over {args.repeat} scenes after 1 warm-up")  # fmt: skip

@@ -34,7 +34,7 @@ from kinetoscope.diffusion.flow import shift_for_tokens
 from kinetoscope.diffusion.sampling import SAMPLERS, sample
 from kinetoscope.errors import UserError
 from kinetoscope.longvideo import Stream, known_frames, roll
-from kinetoscope.video import Video
+from kinetoscope.video import Video, frames_for
 
 MAX_SECONDS = 600.0  # longer requests are refused (a typo like 6000 should not run for hours)
 MAX_SIDE = 2048
@@ -190,7 +190,7 @@ class Pipeline:
                 raise UserError(f"--frames must be in 1..{int(MAX_SECONDS * fps)}, got {frames}")
         else:
             seconds = check_seconds(self.defaults.seconds if seconds is None else seconds)
-            frames = max(1, round(seconds * fps))
+            frames = frames_for(seconds, fps)
         tf = self.time_factor
         n = 1 + tf * max(0, round((frames - 1) / tf))
         if n != frames:

@@ -24,6 +24,12 @@ DEFAULT_FPS = 8.0  # what a still image gets: it has no rate of its own
 _SIZE_TAG = "kinetoscope-size="
 
 
+def frames_for(seconds: float, fps: float) -> int:
+    """Returns the frame count of a `seconds`-long clip: its frames bound seconds * fps
+    intervals, so 4 s at 8 fps is 33 frames (Wan's convention: 5 s at 16 fps is 81)."""
+    return 1 + max(0, round(seconds * fps))
+
+
 @contextmanager
 def atomic_write(p: Path) -> Iterator[str]:
     """Yields a hidden temporary path beside `p` (same extension, so PyAV picks the container)

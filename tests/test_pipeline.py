@@ -159,10 +159,10 @@ def test_odd_sizes_and_lengths_are_rounded_with_a_notice(pipe):
 
 def test_seconds_give_frames_at_the_default_rate(pipe):
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Notice)  # 1 s at 8 fps = 8 frames: rounded, so noticed
+        warnings.simplefilter("error", Notice)  # 1.25 s at 8 fps = 11 frames: rounded, noticed
         with pytest.raises(Notice):
-            gen(pipe, seconds=1.0)
-    v = gen(pipe, seconds=1.125)  # 9 frames exactly
+            gen(pipe, seconds=1.25)
+        v = gen(pipe, seconds=1.0)  # 1 s at 8 fps spans 8 intervals: 9 frames, no notice
     assert (v.num_frames, v.fps, v.width, v.height) == (9, 8.0, 32, 32)
 
 
