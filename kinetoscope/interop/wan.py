@@ -59,7 +59,7 @@ def wan_defaults(size: str = "480p"):
         raise ValueError(f"size must be one of {sorted(sizes)}, got {size!r}")
     w, h, shift = sizes[size]
     return PipelineDefaults(
-        width=w, height=h, fps=16.0, seconds=81 / 16, steps=50, guidance=5.0, shift=shift,
+        width=w, height=h, fps=16.0, seconds=5.0, steps=50, guidance=5.0, shift=shift,
         sampler="euler", window=21, overlap=3,
     )  # fmt: skip
 
