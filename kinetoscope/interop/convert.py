@@ -15,28 +15,11 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from kinetoscope.interop.wan_dit_keys import rename_rules
+
 # ---- DiT: ours (= Wan original) -> diffusers WanTransformer3DModel ---------------------------
 
-DIT_OURS_TO_DIFFUSERS: list[tuple[str, str]] = [
-    (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
-    (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
-    (r"^time_projection\.1\.", "condition_embedder.time_proj."),
-    (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
-    (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
-    (r"^blocks\.(\d+)\.self_attn\.(q|k|v)\.", r"blocks.\1.attn1.to_\2."),
-    (r"^blocks\.(\d+)\.self_attn\.o\.", r"blocks.\1.attn1.to_out.0."),
-    (r"^blocks\.(\d+)\.self_attn\.norm_(q|k)\.", r"blocks.\1.attn1.norm_\2."),
-    (r"^blocks\.(\d+)\.cross_attn\.(q|k|v)\.", r"blocks.\1.attn2.to_\2."),
-    (r"^blocks\.(\d+)\.cross_attn\.o\.", r"blocks.\1.attn2.to_out.0."),
-    (r"^blocks\.(\d+)\.cross_attn\.norm_(q|k)\.", r"blocks.\1.attn2.norm_\2."),
-    (r"^blocks\.(\d+)\.norm3\.", r"blocks.\1.norm2."),  # Wan's cross-attention norm
-    (r"^blocks\.(\d+)\.ffn\.0\.", r"blocks.\1.ffn.net.0.proj."),
-    (r"^blocks\.(\d+)\.ffn\.2\.", r"blocks.\1.ffn.net.2."),
-    (r"^blocks\.(\d+)\.modulation$", r"blocks.\1.scale_shift_table"),
-    (r"^head\.modulation$", "scale_shift_table"),
-    (r"^head\.head\.", "proj_out."),
-    (r"^patch_embedding\.", "patch_embedding."),
-]
+DIT_OURS_TO_DIFFUSERS = rename_rules(to_ours=False)  # the loader's table, read the other way
 
 
 def _rename(key: str, rules: list[tuple[str, str]], what: str) -> str:

@@ -13,31 +13,45 @@ import re
 
 from kinetoscope.models.dit import DiTConfig
 
-# (diffusers pattern, ours). Applied in order to each key, first match wins; `\1` = block index.
-DIFFUSERS_TO_OURS: list[tuple[str, str]] = [
-    (r"^patch_embedding\.(weight|bias)$", r"patch_embedding.\1"),
-    (r"^condition_embedder\.time_embedder\.linear_1\.", "time_embedding.0."),
-    (r"^condition_embedder\.time_embedder\.linear_2\.", "time_embedding.2."),
-    (r"^condition_embedder\.time_proj\.", "time_projection.1."),
-    (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
-    (r"^condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),
-    (r"^blocks\.(\d+)\.attn1\.to_q\.", r"blocks.\1.self_attn.q."),
-    (r"^blocks\.(\d+)\.attn1\.to_k\.", r"blocks.\1.self_attn.k."),
-    (r"^blocks\.(\d+)\.attn1\.to_v\.", r"blocks.\1.self_attn.v."),
-    (r"^blocks\.(\d+)\.attn1\.to_out\.0\.", r"blocks.\1.self_attn.o."),
-    (r"^blocks\.(\d+)\.attn1\.norm_(q|k)\.", r"blocks.\1.self_attn.norm_\2."),
-    (r"^blocks\.(\d+)\.attn2\.to_q\.", r"blocks.\1.cross_attn.q."),
-    (r"^blocks\.(\d+)\.attn2\.to_k\.", r"blocks.\1.cross_attn.k."),
-    (r"^blocks\.(\d+)\.attn2\.to_v\.", r"blocks.\1.cross_attn.v."),
-    (r"^blocks\.(\d+)\.attn2\.to_out\.0\.", r"blocks.\1.cross_attn.o."),
-    (r"^blocks\.(\d+)\.attn2\.norm_(q|k)\.", r"blocks.\1.cross_attn.norm_\2."),
-    (r"^blocks\.(\d+)\.norm2\.", r"blocks.\1.norm3."),  # the swap: diffusers norm2 = cross norm
-    (r"^blocks\.(\d+)\.ffn\.net\.0\.proj\.", r"blocks.\1.ffn.0."),
-    (r"^blocks\.(\d+)\.ffn\.net\.2\.", r"blocks.\1.ffn.2."),
-    (r"^blocks\.(\d+)\.scale_shift_table$", r"blocks.\1.modulation"),
-    (r"^scale_shift_table$", "head.modulation"),
-    (r"^proj_out\.", "head.head."),
-]
+# One table, both directions: (ours, diffusers) names. `{i}` is a block index; a name ending
+# in "." is a module prefix (its weight and bias), any other name a whole parameter.
+DIT_NAMES: list[tuple[str, str]] = [
+    ("patch_embedding.", "patch_embedding."),
+    ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
+    ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
+    ("time_projection.1.", "condition_embedder.time_proj."),
+    ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
+    ("text_embedding.2.", "condition_embedder.text_embedder.linear_2."),
+    *[(f"blocks.{{i}}.{a}.{x}.", f"blocks.{{i}}.{b}.to_{x}.")
+      for a, b in (("self_attn", "attn1"), ("cross_attn", "attn2")) for x in "qkv"],
+    ("blocks.{i}.self_attn.o.", "blocks.{i}.attn1.to_out.0."),
+    ("blocks.{i}.cross_attn.o.", "blocks.{i}.attn2.to_out.0."),
+    *[(f"blocks.{{i}}.{a}.norm_{x}.", f"blocks.{{i}}.{b}.norm_{x}.")
+      for a, b in (("self_attn", "attn1"), ("cross_attn", "attn2")) for x in "qk"],
+    ("blocks.{i}.norm3.", "blocks.{i}.norm2."),  # the swap: diffusers norm2 = cross norm
+    ("blocks.{i}.ffn.0.", "blocks.{i}.ffn.net.0.proj."),
+    ("blocks.{i}.ffn.2.", "blocks.{i}.ffn.net.2."),
+    ("blocks.{i}.modulation", "blocks.{i}.scale_shift_table"),
+    ("head.modulation", "scale_shift_table"),
+    ("head.head.", "proj_out."),
+]  # fmt: skip
+
+
+def rename_rules(to_ours: bool) -> list[tuple[str, str]]:
+    """Returns (regex, replacement) rules renaming diffusers keys to ours, or ours to diffusers."""
+    rules = []
+    for ours, theirs in DIT_NAMES:
+        src, dst = (theirs, ours) if to_ours else (ours, theirs)
+        prefix = src.endswith(".")  # then `weight` / `bias` follow, as the last group
+        tail = (r"\2" if "{i}" in src else r"\1") if prefix else ""
+        pattern = "^" + re.escape(src).replace(r"\{i\}", r"(\d+)")
+        rules.append(
+            (pattern + (r"(weight|bias)$" if prefix else "$"), dst.replace("{i}", r"\1") + tail)
+        )
+    return rules
+
+
+DIFFUSERS_TO_OURS = rename_rules(to_ours=True)
 
 # Original Wan2.1 keys are ours; this checks a key belongs to the text-to-video model.
 OURS = re.compile(
