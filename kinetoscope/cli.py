@@ -49,14 +49,6 @@ def _opt(p: argparse.ArgumentParser, *names: str) -> None:
 GEN = ("out", "seed", "size", "seconds", "frames", "fps", "steps", "guidance", "model", "device")
 
 
-def _not_built(name: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"kinetoscope {name}: not built yet in this version.", file=sys.stderr)
-        return EXIT_USAGE
-
-    return run
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     from kinetoscope.video import probe
 
