@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from kinetoscope.video import Video
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Runs a test module on one torch thread, then restores the count.
+
+    Tiny tensors gain nothing from threads, and on a busy 2-core machine a second OpenMP
+    thread spin-waits for a core: tiny convs ran 30x slower with 2 threads than with 1.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def synthetic_frames(t: int = 8, h: int = 48, w: int = 64) -> np.ndarray:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from test_pipeline import tiny_pipeline  # tests/ is on sys.path under pytest
 
 from kinetoscope.video import Video
@@ -39,13 +38,7 @@ def spliced(a: np.ndarray, b: np.ndarray, at: int = 17) -> Video:
     return Video(np.concatenate([a[:at], b[at : 2 * at]]), 8.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a busy machine's cores stay free)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from kinetoscope.diffusion.flow import (
 B, C, T, H, W = 3, 4, 5, 4, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: threads only add contention on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(seed=0):
