@@ -188,8 +188,8 @@ def _readable(stream, skipped: list):
     """Yields the batches that hold video, adding each unreadable clip to `skipped`.
 
     A long run never stops on one broken file: its clip is dropped from the batch, and a batch
-    whose every clip failed is passed over (a resumed run passes it over again, so the stream
-    stays the same).
+    whose every clip failed is passed over. The data position counts batches trained on, so
+    after such a batch a resumed run starts one batch early (it sees one batch twice).
     """
     for batch in stream:
         skipped.extend(batch.get("skipped", ()))
