@@ -451,8 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="a red ball bouncing in the snow", help="prompt timed")
     p.add_argument("--no-expand", **no_expand)
     p.add_argument("--json", help="write every run's timings and the machine to this JSON file")
-    p = add("convert", "rewrite a model folder (Wan2.1) in our or diffusers' format", cmd_convert)
-    p.add_argument("src", help="a Wan2.1 folder (original or diffusers layout) or a model folder")
+    p = add("convert", "write a training run or a Wan2.1 folder as a pipeline folder", cmd_convert)
+    p.add_argument("src", help="a dit training run, a pipeline folder, or a Wan2.1 folder")
     p.add_argument("--out", "-o", required=True, help="new folder to write")
     p.add_argument("--format", choices=["kinetoscope", "diffusers"], default="kinetoscope")
     p.add_argument(
