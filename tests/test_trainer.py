@@ -163,3 +163,16 @@ def test_trains_on_a_manifest_of_real_files_skipping_broken_ones(tmp_path, capsy
     rc = main(["train", "/dev/null", *MICRO, *source, f"train.out={run}", "train.steps=3"])
     assert rc == 0 and [r["step"] for r in read_metrics(run)] == [1, 2, 3]
     assert "1 clips skipped" in capsys.readouterr().out  # counted and reported, not raised
+
+
+def test_stop_at_ends_a_phase_with_a_checkpoint_and_resume_finishes_the_schedule(tmp_path):
+    cfg = cfg_for(tmp_path, "train.steps=4", "train.ckpt_every=1000", "train.stop_at=2")
+    run = train(cfg)
+    assert [s for s, _ in C.list_checkpoints(run)] == [2]
+    assert [r["lr"] for r in read_metrics(run)] == [lr_at(cfg, 0), lr_at(cfg, 1)]
+    train(cfg_for(tmp_path, "train.steps=4", "train.ckpt_every=1000"), resume=True)
+    recs = read_metrics(run)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert recs[2]["lr"] == pytest.approx(lr_at(cfg, 2))  # the schedule ran on to steps=4
+    with pytest.raises(C.UserError, match="train.stop_at"):
+        cfg_for(tmp_path, "train.steps=4", "train.stop_at=5")

@@ -67,7 +67,10 @@ class DiTConfig:
 
 PRESETS: dict[str, DiTConfig] = {
     # The bundled default (~7M parameters); text_dim = the ByteTextEncoder tiny preset's dim.
-    "tiny": DiTConfig(dim=256, ffn_dim=1024, num_layers=6, num_heads=4, text_dim=256),
+    # Patches of 4x4 over the tiny VAE's 4x latents: 16x16 pixels per token, as Wan's 2x2 over 8x.
+    "tiny": DiTConfig(
+        dim=256, ffn_dim=1024, num_layers=6, num_heads=4, text_dim=256, patch_size=(1, 4, 4)
+    ),
     "small": DiTConfig(dim=768, ffn_dim=3072, num_layers=12, num_heads=12, text_dim=512),
     "wan2.1-1.3b": DiTConfig(
         dim=1536, ffn_dim=8960, num_layers=30, num_heads=12, text_dim=4096, text_len=512

@@ -76,8 +76,10 @@ class VAEConfig:
 
 
 PRESETS: dict[str, VAEConfig] = {
-    # The bundled default: 2.6 M parameters, fast on a CPU.
-    "tiny": VAEConfig(),
+    # The bundled default: 1.9 M parameters, fast on a CPU. 4x in space, not Wan's 8x: at 64x64
+    # an 8x latent is 8x8, and a tiny VAE trained on this CPU lost small objects in it (images
+    # at 18 dB after 300 steps, vs 20 dB at 4x and 29 dB after 1200).
+    "tiny": VAEConfig(dim_mult=(1, 2, 4), temperal_downsample=(True, True)),
     # Wan2.1's VAE (127 M parameters); weights load with kinetoscope.interop.wan_vae_keys.
     "wan2.1": VAEConfig(
         dim=96,

@@ -78,6 +78,9 @@ class OptimConfig:
 @dataclass
 class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     steps: int = 1000
+    # Stop (with a checkpoint) after this step while the schedule still runs to `steps`: one
+    # phase of a recipe in phases, then --resume with other data settings. None = `steps`.
+    stop_at: int | None = None
     seed: int = 0
     bf16: bool = True
     ema_decay: float = 0.999  # 0 disables EMA
@@ -293,6 +296,10 @@ def validate(cfg: TrainConfig) -> None:
     _check(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {o.grad_accum}")
 
     _check(t.steps > 0, f"train.steps must be > 0, got {t.steps}")
+    _check(
+        t.stop_at is None or 0 < t.stop_at <= t.steps,
+        f"train.stop_at must be in [1, train.steps={t.steps}], got {t.stop_at}",
+    )
     _check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     _check(
         0.0 <= t.text_dropout < 1.0, f"train.text_dropout must be in [0, 1), got {t.text_dropout}"

@@ -200,8 +200,14 @@ def optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
 
 
 def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
-    """Loads a full, name-keyed optimizer state saved at any world size."""
-    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+    """Loads a full, name-keyed optimizer state saved at any world size.
+
+    Not strict: a parameter that never had a gradient has no state (AdamW makes it on the first
+    one), e.g. the VAE's time convs after a phase of 1-frame images; it starts fresh, exactly
+    as in the uninterrupted run.
+    """
+    opts = StateDictOptions(full_state_dict=True, strict=False)
+    set_optimizer_state_dict(model, opt, state, options=opts)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

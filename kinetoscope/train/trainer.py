@@ -354,7 +354,8 @@ def write_samples(cfg, model_fn, ema_state, batch, vae, out: Path, device) -> No
         shape = batch["latent"][:1].shape
     else:
         f, h, w = batch["video"].shape[2:]
-        shape = (1, model.dit.cfg.in_channels, 1 + (f - 1) // 4, h // 8, w // 8)
+        tf, sf = vae.cfg.time_factor, vae.cfg.space_factor
+        shape = (1, model.dit.cfg.in_channels, 1 + (f - 1) // tf, h // sf, w // sf)
     g = torch.Generator().manual_seed(cfg.train.seed)
     noise = torch.randn(shape, generator=g).to(device)
     with ac:
@@ -439,7 +440,8 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
     data = _readable(batches(cfg, info, position), skipped)
     t0 = time.perf_counter()
     model.train()
-    for step in range(start, t.steps):
+    stop = t.stop_at or t.steps
+    for step in range(start, stop):
         lr = lr_at(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -475,9 +477,9 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         if not math.isfinite(loss_mean):
             raise UserError(f"loss is {loss_mean} at step {done}; lower optim.lr or check data")
 
-        if done % t.ckpt_every == 0 or done == t.steps:
+        if done % t.ckpt_every == 0 or done == stop:
             _save(cfg, info, run, done, model, opt, ema, position)
-        if done % t.sample_every == 0 or done == t.steps:
+        if done % t.sample_every == 0 or done == stop:
             ema_state = ema.state_dict() if ema is not None else D.model_state(model)
             if info.is_main:
                 out = run / f"samples_{done:06d}"
