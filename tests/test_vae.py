@@ -96,6 +96,26 @@ def test_decoder_is_causal(vae):
 
 
 @torch.no_grad()
+def test_inflated_vae_treats_a_still_clip_like_its_image():
+    # The training init: clips start where a phase of images left their frames.
+    torch.manual_seed(0)
+    model = VAE(SMALL).eval()
+    x = _video(1, 32, 32)
+    still = x.repeat(1, 1, 9, 1, 1)
+    before = model.decode(model.encode(still))
+    assert (before - before[:, :, :1]).abs().max() > 1e-2  # random past taps mix in frames
+    model.inflate_()
+    image = model.decode(model.encode(x))
+    clip = model.decode(model.encode(still))
+    torch.testing.assert_close(clip, image.expand_as(clip), rtol=0, atol=1e-5)
+    moving = _video(9, 32, 32)  # and each frame group is its latest frame's image
+    z = model.encode(moving)
+    torch.testing.assert_close(
+        z[:, :, 1], model.encode(moving[:, :, 4:5])[:, :, 0], atol=1e-5, rtol=0
+    )
+
+
+@torch.no_grad()
 def test_image_is_a_one_frame_video(vae):
     x = _video(9, 32, 32)
     torch.testing.assert_close(vae.encode(x[:, :, :1]), vae.encode(x)[:, :, :1], rtol=0, atol=0)
@@ -167,7 +187,7 @@ def test_training_forward_backward_and_bf16(vae):
 def test_presets():
     assert PRESETS["wan2.1"].latents_mean[0] == -0.7571 and len(PRESETS["wan2.1"].latents_std) == 16
     cfg = PRESETS["tiny"]
-    assert (cfg.time_factor, cfg.space_factor, cfg.z_dim) == (4, 8, 16)
+    assert (cfg.time_factor, cfg.space_factor, cfg.z_dim) == (4, 4, 16)
     with pytest.raises(ValueError, match="nope"):
         VAE.from_preset("nope")
 

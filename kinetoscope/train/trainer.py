@@ -60,7 +60,7 @@ def make_model_fn(cfg: TrainConfig):
         if m.stage == "vae":
             from kinetoscope.models.vae import VAE
 
-            return VAE.from_preset(m.vae)
+            return VAE.from_preset(m.vae).inflate_()
         from kinetoscope.models.dit import DiT
         from kinetoscope.models.text import ByteTextEncoder, byte_text_config
 
