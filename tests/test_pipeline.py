@@ -108,13 +108,26 @@ def test_load_errors_are_user_errors(tmp_path):
             Pipeline.from_pretrained(wan)
 
 
-def test_bundled_model_missing_says_what_to_do():
-    from kinetoscope.pretrained import WEIGHTS
+def test_bundled_model_missing_says_what_to_do(tmp_path, monkeypatch):
+    import kinetoscope.pretrained as P
 
-    if (WEIGHTS / "shapeworld-tiny" / "config.json").exists():
-        pytest.skip("the bundled model is installed")
+    monkeypatch.setattr(P, "WEIGHTS", tmp_path)  # an install without the weights folder
     with pytest.raises(UserError, match="not in this install yet; pass --model PATH"):
         Pipeline.from_pretrained("shapeworld-tiny")
+
+
+def test_bundled_model_ships_and_generates_the_default_clip():
+    from kinetoscope.pretrained import WEIGHTS
+
+    folder = WEIGHTS / "shapeworld-tiny"
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 40 * 2**20
+    assert "## Measured" in (folder / "README.md").read_text()  # the model card has figures
+    pipe = Pipeline.from_pretrained("shapeworld-tiny")
+    a = pipe.generate("a red ball bouncing in the snow", steps=2, seed=3, progress=False)
+    b = pipe.generate("a red ball bouncing in the snow", steps=2, seed=3, progress=False)
+    assert (a.num_frames, a.width, a.height, a.fps) == (33, 64, 64, 8.0)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    assert a.frames.std() > 5  # a picture, not a flat field
 
 
 def test_loads_a_training_run_with_its_ema_weights(tmp_path):

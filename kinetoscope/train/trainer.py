@@ -143,7 +143,8 @@ def batches(cfg: TrainConfig, info: D.DistInfo, start: int):
         from kinetoscope.data.latent_cache import LatentCache, collate_latents
 
         cache = LatentCache(cfg.data.latent_cache)
-        assign, sizes = cache.bucket_assignments(cfg.data.tokens_per_batch, cfg.data.max_batch_size)
+        d, patch = cfg.data, dit_model_config(cfg).patch_size  # tokens as the DiT cuts them
+        assign, sizes = cache.bucket_assignments(d.tokens_per_batch, d.max_batch_size, patch=patch)
         sampler = BucketBatchSampler(
             assign, sizes, cfg.train.seed, info.rank, info.world_size, start
         )
@@ -274,7 +275,8 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     drop = torch.rand(b, generator=g) < cfg.train.text_dropout  # CFG: learn the "" prompt
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     ids, ids_mask = io.model.text.tokenize(captions)
-    shift = shift_for_tokens(t_lat * (h // 2) * (w // 2))
+    _, ph, pw = io.model.dit.cfg.patch_size  # the token count the Pipeline's shift_for uses
+    shift = shift_for_tokens(t_lat * (h // ph) * (w // pw))
     t = shift_t(sample_t(b, g), shift).to(device)
     probs = ConditionProbs(**{k: cfg.train.conditions.get(k, 0.0) for k in _kinds()})
     known = random_condition(b, t_lat, g, probs)  # [B, T] True = given clean
@@ -418,9 +420,11 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
     if start >= t.steps:
         return run
 
+    # The dit stage encodes with the frozen VAE, or (from a latent cache) decodes its samples.
+    m = cfg.model
     vae = (
         load_frozen_vae(cfg, dev)
-        if cfg.model.stage == "dit" and not cfg.data.latent_cache
+        if m.stage == "dit" and (not cfg.data.latent_cache or m.vae_path)
         else None
     )
     if cfg.model.stage == "vae":
