@@ -294,10 +294,9 @@ def _write_json(path, result: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
     from kinetoscope import evaluate
     from kinetoscope.pipeline import Pipeline
+    from kinetoscope.pretrained import load_vae_run
 
     _check_args(args)
     _check_json(args.json)
@@ -309,6 +308,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not prompts:
             raise UserError(f"--prompts {args.prompts}: no prompts in it")
         evaluate.check_count(args.count, len(prompts))
+    if args.what == "vae" and (run := load_vae_run(args.model, args.device)) is not None:
+        vae, name = run  # a VAE training run: measured on its own, at the training size
+        result = evaluate.eval_vae(vae, args.count or 64, args.seed)
+        result["model"] = name
+        return _print_result(evaluate.vae_table(result), result, args.json)
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     if args.what == "adherence":
         result = evaluate.eval_adherence(pipe, prompts, expand=not args.no_expand,
@@ -322,10 +326,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                    dtype=pipe.dtype)  # fmt: skip
         result["model"] = pipe.name
         table = evaluate.vae_table(result)
+    return _print_result(table, result, args.json)
+
+
+def _print_result(table: str, result: dict, json_path) -> int:
+    import json
+
     print(table)
-    if args.json:
-        _write_json(args.json, result)
-        print(f"kinetoscope eval: wrote {args.json}")
+    if json_path:
+        _write_json(json_path, result)
+        print(f"kinetoscope eval: wrote {json_path}")
     else:  # the summary; per-prompt scores only go to --json
         print(json.dumps({k: v for k, v in result.items() if k != "per_prompt"}, indent=2))
     return 0
@@ -440,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4096, help="clips and images to encode")
     p = add("eval", "measure a model (adherence, reconstruction)", cmd_eval,
             "model", "device", "seed", "steps", "guidance")  # fmt: skip
-    p.add_argument("what", choices=["adherence", "vae"])
+    p.add_argument("what", choices=["adherence", "vae"],
+                   help="vae also takes a VAE training run as --model")  # fmt: skip
     p.add_argument("--prompts", default="heldout", help="heldout, short, or a file, one a line")
     p.add_argument("--count", type=int, help="first N prompts (default all) / clips (64)")
     p.add_argument("--no-expand", **no_expand)

@@ -169,6 +169,27 @@ def _default_card(pipe) -> str:
     )
 
 
+def load_vae_run(path: str | Path, device=None):
+    """Returns (VAE, name) of a vae-stage training run (newest checkpoint, EMA weights), or
+    None when `path` is not a vae run, so `eval vae` can measure a VAE before any DiT exists."""
+    from kinetoscope.train.checkpoint import CONFIG_FILE, latest
+    from kinetoscope.train.config import load_config
+    from kinetoscope.train.trainer import load_frozen_vae
+
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    ckpt = path if (path / "state.pt").is_file() else latest(path, clean=False)
+    if ckpt is None or not (ckpt / CONFIG_FILE).is_file():
+        return None
+    cfg = load_config(ckpt / CONFIG_FILE)
+    if cfg.model.stage != "vae":
+        return None
+    cfg.model.vae_path = str(ckpt)
+    vae = load_frozen_vae(cfg, torch.device(device or "cpu"))
+    return vae, f"{path.name}@{ckpt.name}"
+
+
 def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     """Returns the Pipeline of a dit training run: newest checkpoint, EMA weights."""
     from kinetoscope.models.dit import DiT

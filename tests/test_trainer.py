@@ -176,3 +176,10 @@ def test_stop_at_ends_a_phase_with_a_checkpoint_and_resume_finishes_the_schedule
     assert recs[2]["lr"] == pytest.approx(lr_at(cfg, 2))  # the schedule ran on to steps=4
     with pytest.raises(C.UserError, match="train.stop_at"):
         cfg_for(tmp_path, "train.steps=4", "train.stop_at=5")
+
+
+def test_eval_vae_measures_a_vae_run_on_its_own(tmp_path, capsys):
+    run = train(cfg_for(tmp_path, "train.steps=1"))
+    assert main(["eval", "vae", "--model", str(run), "--count", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR (dB)" in out and '"model": "run@step_000001"' in out
