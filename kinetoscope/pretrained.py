@@ -169,22 +169,28 @@ def _default_card(pipe) -> str:
     )
 
 
-def load_vae_run(path: str | Path, device=None):
-    """Returns (VAE, name) of a vae-stage training run (newest checkpoint, EMA weights), or
-    None when `path` is not a vae run, so `eval vae` can measure a VAE before any DiT exists."""
+def _newest_checkpoint(path: Path):
+    """Returns (checkpoint folder, its TrainConfig) of a run folder or a step folder, or None
+    when there is no complete checkpoint with its config."""
     from kinetoscope.train.checkpoint import CONFIG_FILE, latest
     from kinetoscope.train.config import load_config
-    from kinetoscope.train.trainer import load_frozen_vae
 
-    path = Path(path)
-    if not path.is_dir():
-        return None
     ckpt = path if (path / "state.pt").is_file() else latest(path, clean=False)
     if ckpt is None or not (ckpt / CONFIG_FILE).is_file():
         return None
-    cfg = load_config(ckpt / CONFIG_FILE)
-    if cfg.model.stage != "vae":
+    return ckpt, load_config(ckpt / CONFIG_FILE)
+
+
+def load_vae_run(path: str | Path, device=None):
+    """Returns (VAE, name) of a vae-stage training run (newest checkpoint, EMA weights), or
+    None when `path` is not a vae run, so `eval vae` can measure a VAE before any DiT exists."""
+    from kinetoscope.train.trainer import load_frozen_vae
+
+    path = Path(path)
+    found = _newest_checkpoint(path) if path.is_dir() else None
+    if found is None or found[1].model.stage != "vae":
         return None
+    ckpt, cfg = found
     cfg.model.vae_path = str(ckpt)
     vae = load_frozen_vae(cfg, torch.device(device or "cpu"))
     return vae, f"{path.name}@{ckpt.name}"
@@ -196,14 +202,13 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     from kinetoscope.models.text import ByteTextEncoder, byte_text_config
     from kinetoscope.models.vae import VAE
     from kinetoscope.pipeline import Pipeline, PipelineDefaults
-    from kinetoscope.train.checkpoint import CONFIG_FILE, latest, load_checkpoint
-    from kinetoscope.train.config import load_config
+    from kinetoscope.train.checkpoint import CONFIG_FILE, load_checkpoint
     from kinetoscope.train.trainer import dit_model_config
 
-    ckpt = path if (path / "state.pt").is_file() else latest(path, clean=False)
-    if ckpt is None or not (ckpt / CONFIG_FILE).is_file():
+    found = _newest_checkpoint(path)
+    if found is None:
         raise UserError(f"{path}: no complete checkpoint with a {CONFIG_FILE} in it")
-    cfg = load_config(ckpt / CONFIG_FILE)
+    ckpt, cfg = found
     m = cfg.model
     if m.stage != "dit":
         raise UserError(
