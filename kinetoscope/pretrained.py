@@ -212,7 +212,7 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     m = cfg.model
     if m.stage != "dit":
         raise UserError(
-            f"{path} is a {m.stage} run; pass the dit run trained with model.vae_path={path}"
+            f"{path} is a {m.stage} run; pass the dit run trained with model.{m.stage}_path={path}"
         )
     if not m.vae_path:
         raise UserError(f"{path}: its config has no model.vae_path, so no trained VAE to decode")

@@ -183,3 +183,67 @@ def test_eval_vae_measures_a_vae_run_on_its_own(tmp_path, capsys):
     assert main(["eval", "vae", "--model", str(run), "--count", "1"]) == 0
     out = capsys.readouterr().out
     assert "PSNR (dB)" in out and '"model": "run@step_000001"' in out
+
+
+def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path, monkeypatch):
+    from kinetoscope.models import dit as DT
+    from kinetoscope.models import text as TX
+    from kinetoscope.train.trainer import load_text_run
+
+    monkeypatch.setitem(TX.BYTE_PRESETS, "micro", TX.ByteTextConfig(32, 1, 2, 64))
+    monkeypatch.setitem(DT.PRESETS, "micro", DT.DiTConfig(dim=32, ffn_dim=64, num_layers=1,
+                                                          num_heads=2, text_dim=32))  # fmt: skip
+    text_run = tmp_path / "text"
+    args = ["model.stage=text", "model.text=micro", "data.max_batch_size=16", "optim.lr=3e-3",
+            "optim.warmup=5", "train.steps=40", "train.ckpt_every=40", "train.sample_every=40",
+            f"train.out={text_run}"]  # fmt: skip
+    assert main(["train", "/dev/null", *args]) == 0
+    losses = [r["loss"] for r in read_metrics(text_run)]
+    assert sum(losses[-10:]) < 0.95 * sum(losses[:10])  # it learns to read
+    acc = json.loads((text_run / "samples_000040" / "accuracy.json").read_text())
+    assert set(acc) == {"pairs", "environment", "time", "camera"}  # on scenes it never saw
+    assert all(0 <= v <= 1 for v in acc.values())
+
+    dit_run = tmp_path / "dit"
+    args = ["model.stage=dit", "model.vae=micro", "model.dit=micro", "model.text=micro",
+            f"model.text_path={text_run}", "data.buckets=[[1,16,16]]", "data.image_share=1.0",
+            "data.num_workers=0", "data.max_batch_size=2", "optim.lr=1e-12", "optim.min_lr=0",
+            "optim.warmup=1", "train.steps=1", "train.ema_decay=0", "train.sample_every=1000",
+            f"train.out={dit_run}"]  # fmt: skip
+    assert main(["train", "/dev/null", *args]) == 0
+    tensors, _ = C.load_checkpoint(dit_run)
+    read = load_text_run(text_run)
+    for k, v in read.items():
+        torch.testing.assert_close(tensors["model"][f"text.{k}"], v, rtol=0, atol=1e-6)
+    with pytest.raises(Exception, match="no text encoder"):
+        load_text_run(dit_run)
+
+
+def test_the_dit_learns_to_follow_its_text():
+    """Two captions, two clips: after a short training each caption samples its own clip."""
+    from kinetoscope.diffusion.flow import flow_loss
+    from kinetoscope.models.dit import DiT, dit_config
+    from kinetoscope.models.text import ByteTextConfig, ByteTextEncoder
+    from kinetoscope.train.trainer import TextToVideo
+
+    torch.manual_seed(0)
+    text = ByteTextEncoder(ByteTextConfig(dim=32, num_layers=1, num_heads=2, ffn_dim=64))
+    dit = DiT(dit_config("tiny", dim=64, ffn_dim=128, num_layers=2, num_heads=2, text_dim=32,
+                         in_channels=4, out_channels=4, patch_size=(1, 2, 2)))  # fmt: skip
+    model = TextToVideo(dit, text)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    captions = ["a red ball", "a blue cube"]
+    clips = torch.stack([torch.ones(4, 3, 8, 8), -torch.ones(4, 3, 8, 8)])  # [2, C, T, H, W]
+    ids, mask = text.tokenize(captions * 4)
+    for _ in range(150):
+        loss = flow_loss(model, clips.repeat(4, 1, 1, 1, 1), torch.rand(8),
+                         torch.randn(8, 4, 3, 8, 8), ids, mask)  # fmt: skip
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        ids, mask = text.tokenize(captions)
+        x1 = torch.randn(1, 4, 3, 8, 8).repeat(2, 1, 1, 1, 1)  # the same noise for both
+        x0 = x1 - model(x1, torch.ones(2, 3), ids, mask)  # one Euler step from t=1 to 0
+    means = x0.mean((1, 2, 3, 4))
+    assert means[0] > 0.5 and means[1] < -0.5, means

@@ -27,11 +27,14 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class ModelConfig:
-    stage: str = "dit"  # "vae": train the video compression network; "dit": the denoiser
+    # "vae": the video compression network; "text": the byte text encoder reading captions
+    # (ShapeWorld); "dit": the denoiser with its text encoder
+    stage: str = "dit"
     vae: str = "tiny"  # VAE preset name
     dit: str = "tiny"  # DiT preset name
     text: str = "tiny"  # text encoder preset name
     vae_path: str | None = None  # trained VAE folder (or checkpoint) for the dit stage
+    text_path: str | None = None  # dit stage: start the text encoder from this text-stage run
 
 
 @dataclass
@@ -252,7 +255,9 @@ def _choice(key: str, value, choices: tuple) -> None:
 def validate(cfg: TrainConfig) -> None:
     """Raises ConfigError naming the first key whose value a run could not work with."""
     m, d, o, t, dist = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.dist
-    _choice("model.stage", m.stage, ("vae", "dit"))
+    _choice("model.stage", m.stage, ("vae", "text", "dit"))
+    if m.stage == "text":
+        _check(d.source == "shapeworld", "model.stage=text reads ShapeWorld captions: data.source")
     for key in ("vae", "dit", "text"):
         _check(bool(getattr(m, key)), f"model.{key} must name a preset, got ''")
 

@@ -64,8 +64,12 @@ def make_model_fn(cfg: TrainConfig):
         from kinetoscope.models.dit import DiT
         from kinetoscope.models.text import ByteTextEncoder, byte_text_config
 
-        text_cfg = byte_text_config(m.text)
-        return TextToVideo(DiT(dit_model_config(cfg)), ByteTextEncoder(text_cfg))
+        text = ByteTextEncoder(byte_text_config(m.text))
+        if m.stage == "text":
+            from kinetoscope.train.read_captions import CaptionReader
+
+            return CaptionReader(text)
+        return TextToVideo(DiT(dit_model_config(cfg)), text)
 
     return make
 
@@ -93,6 +97,16 @@ def load_frozen_vae(cfg: TrainConfig, device: torch.device) -> nn.Module:
         tensors, _ = load_checkpoint(path)
         vae.load_state_dict(tensors.get("ema") or tensors["model"], strict=False)
     return vae.to(device).eval().requires_grad_(False)
+
+
+def load_text_run(path: str | Path) -> dict[str, torch.Tensor]:
+    """Returns the byte text encoder's state dict from a text-stage run or checkpoint (EMA)."""
+    tensors, _ = load_checkpoint(path)
+    state = tensors.get("ema") or tensors["model"]
+    out = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    if not out:
+        raise UserError(f"{path}: no text encoder weights; is it a model.stage=text run?")
+    return out
 
 
 # ---- data ------------------------------------------------------------------------------
@@ -136,6 +150,13 @@ def build_cache(cfg: TrainConfig, num_samples: int, device: str | None = None) -
 
 def batches(cfg: TrainConfig, info: D.DistInfo, start: int):
     """Yields this rank's batches from batch index `start` (the data position) on."""
+    if cfg.model.stage == "text":
+        from kinetoscope.data.shapeworld import ShapeWorldClips
+        from kinetoscope.train.read_captions import caption_batches
+
+        ds = ShapeWorldClips.from_config(cfg, info.rank, info.world_size, start)
+        yield from caption_batches(ds, cfg.data.max_batch_size, start)
+        return
     if cfg.model.stage == "dit" and cfg.data.latent_cache:
         from torch.utils.data import DataLoader
 
@@ -339,6 +360,16 @@ def write_samples(cfg, model_fn, ema_state, batch, vae, out: Path, device) -> No
     model.load_state_dict(ema_state, strict=False)  # EMA holds every trainable tensor
     model.to(device).eval()
     ac = _autocast(cfg, device)
+    if cfg.model.stage == "text":  # how well it reads captions of scenes it has not seen
+        from kinetoscope.data.shapeworld import ShapeWorldClips
+        from kinetoscope.train.read_captions import caption_batches, reading_accuracy
+
+        fresh = ShapeWorldClips.from_config(cfg)
+        fresh.seed = cfg.train.seed + 1  # another scene stream than training's
+        with ac:
+            acc = reading_accuracy(model, next(caption_batches(fresh, 256, 0)))
+        (out / "accuracy.json").write_text(json.dumps(acc) + "\n")
+        return
     if cfg.model.stage == "vae":
         x = batch["video"][:2].to(device)
         with ac:
@@ -398,8 +429,12 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         print(f"kinetoscope train: no checkpoint in {run}; starting from step 0")
     tensors, state = load_checkpoint(ckpt) if ckpt else ({}, {})
     make = make_model_fn(cfg)
+    reference = None
+    if cfg.model.stage == "dit" and cfg.model.text_path and not ckpt:  # start from a read encoder
+        reference = make()
+        reference.text.load_state_dict(load_text_run(cfg.model.text_path))
     model, forward = D.build_parallel(
-        make, info, cfg.dist.mode, t.grad_checkpoint, t.compile, init_state=tensors.get("model")
+        make, info, cfg.dist.mode, t.grad_checkpoint, t.compile, tensors.get("model"), reference
     )
     decay, no_decay = [], []  # no weight decay on gains, biases and embeddings' norms
     for p in model.parameters():
@@ -429,6 +464,10 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
     )
     if cfg.model.stage == "vae":
         loss_of = lambda batch, g: vae_loss(forward, batch, g, dev, cfg)
+    elif cfg.model.stage == "text":
+        from kinetoscope.train.read_captions import text_loss
+
+        loss_of = lambda batch, g: text_loss(forward, model.encoder.tokenize, batch, dev)
     else:
         io = DiTInputs(vae, model)
         loss_of = lambda batch, g: dit_loss(forward, batch, g, dev, cfg, io)
