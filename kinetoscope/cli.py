@@ -270,7 +270,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from kinetoscope.interop.wan import convert_folder
 
     dtype = {"float32": None, "bfloat16": torch_dtype("bfloat16")}[args.dtype]
-    out = convert_folder(args.src, args.out, args.format, weights_dtype=dtype)
+    out = convert_folder(args.src, args.out, args.format, weights_dtype=dtype, name=args.name)
     print(f"kinetoscope convert: wrote {out} ({args.format} format)")
     return 0
 
@@ -466,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="a dit training run, a pipeline folder, or a Wan2.1 folder")
     p.add_argument("--out", "-o", required=True, help="new folder to write")
     p.add_argument("--format", choices=["kinetoscope", "diffusers"], default="kinetoscope")
+    p.add_argument("--name", help="the model's name in its config.json (default: the source's)")
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],

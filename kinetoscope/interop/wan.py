@@ -340,9 +340,11 @@ def load_text_folder(path: Path, entry: dict, dtype: torch.dtype | None) -> WanT
 
 
 def convert_folder(
-    src: str | Path, out: str | Path, fmt: str = "kinetoscope", weights_dtype=None
+    src: str | Path, out: str | Path, fmt: str = "kinetoscope", weights_dtype=None, name=None
 ) -> Path:
     """Returns `out` holding the model at `src` rewritten as a kinetoscope or diffusers folder.
+
+    `name` (default: the source's) is the model's name in the folder's config.json.
 
     Tensors are kept in their stored dtype, so diffusers -> kinetoscope -> diffusers round-trips
     them exactly; `weights_dtype` (kinetoscope format) stores matrices and kernels in that dtype.
@@ -361,6 +363,7 @@ def convert_folder(
         pipe = load_pipeline(src_path, device="cpu", dtype=torch.float32, keep_dtype=True)
     else:
         pipe = load(src, device="cpu", dtype=torch.float32)
+    pipe.name = name or pipe.name
     if fmt == "diffusers":
         try:
             return convert.save_diffusers(pipe, out)
