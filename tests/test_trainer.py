@@ -247,3 +247,31 @@ def test_the_dit_learns_to_follow_its_text():
         x0 = x1 - model(x1, torch.ones(2, 3), ids, mask)  # one Euler step from t=1 to 0
     means = x0.mean((1, 2, 3, 4))
     assert means[0] > 0.5 and means[1] < -0.5, means
+
+
+@pytest.mark.parametrize(
+    "recipe, sizes",
+    [("shapeworld-tiny-vae", [4, 16]), ("shapeworld-tiny-dit", [8, 16])],  # clips, images
+)
+def test_shipped_recipes_batch_as_documented(recipe, sizes):
+    from pathlib import Path
+
+    from kinetoscope.data.shapeworld import ShapeWorldClips
+    from kinetoscope.train.config import load_config
+    from kinetoscope.train.trainer import token_kwargs
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / f"{recipe}.yaml")
+    assert ShapeWorldClips.from_config(cfg, tokens=token_kwargs(cfg)).batch_sizes == sizes
+
+
+def test_rendered_clips_count_tokens_as_the_recipes_dit_cuts_them():
+    """A tiny (4x) VAE with the `small` DiT's 2x2 patches: 9 x 8 x 8 = 576 tokens per clip."""
+    from kinetoscope.data.latent_cache import batch_size_for_latent
+    from kinetoscope.data.shapeworld import ShapeWorldClips
+    from kinetoscope.train.trainer import token_kwargs
+
+    cfg = resolve({}, ["model.vae=tiny", "model.dit=small", "data.buckets=[[33,64,64]]",
+                       "data.image_share=0", "data.tokens_per_batch=1152"])  # fmt: skip
+    rendered = ShapeWorldClips.from_config(cfg, tokens=token_kwargs(cfg)).batch_sizes
+    cached = batch_size_for_latent((16, 9, 16, 16), 1152, patch=token_kwargs(cfg)["patch"])
+    assert rendered == [cached] == [2]

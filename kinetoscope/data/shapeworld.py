@@ -64,11 +64,15 @@ class ShapeWorldClips(IterableDataset):
         self.rank, self.world_size, self.start, self.detail = rank, world_size, start, detail
 
     @classmethod
-    def from_config(cls, cfg, rank: int = 0, world_size: int = 1, start: int = 0):
-        """Returns the dataset a TrainConfig describes, for one rank, from batch `start`."""
+    def from_config(cls, cfg, rank: int = 0, world_size: int = 1, start: int = 0, tokens=None):
+        """Returns the dataset a TrainConfig describes, for one rank, from batch `start`.
+
+        `tokens`: `latent_tokens`' keyword arguments for the recipe's presets (default 8x VAE,
+        2x2 patches), which turn `data.tokens_per_batch` into each bucket's batch size."""
         d = cfg.data
         buckets = make_buckets(d.bucket_list())
-        sizes = [batch_size_for(b, d.tokens_per_batch, d.max_batch_size) for b in buckets]
+        kw = tokens or {}
+        sizes = [batch_size_for(b, d.tokens_per_batch, d.max_batch_size, **kw) for b in buckets]
         return cls(
             buckets,
             sizes,

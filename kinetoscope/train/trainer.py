@@ -74,6 +74,16 @@ def make_model_fn(cfg: TrainConfig):
     return make
 
 
+def token_kwargs(cfg: TrainConfig) -> dict:
+    """Returns `latent_tokens`' keyword arguments for a recipe's presets (its VAE's factors and
+    its DiT's patch), so clips rendered, read from files or from a latent cache batch alike."""
+    from kinetoscope.models.vae import PRESETS
+
+    vae = PRESETS[cfg.model.vae]
+    patch = dit_model_config(cfg).patch_size
+    return {"time_down": vae.time_factor, "space_down": vae.space_factor, "patch": patch}
+
+
 def dit_model_config(cfg: TrainConfig):
     """Returns the DiT config of a dit recipe: its preset, sized to the VAE and text encoder."""
     from kinetoscope.models.dit import dit_config
@@ -164,7 +174,7 @@ def batches(cfg: TrainConfig, info: D.DistInfo, start: int):
         from kinetoscope.data.latent_cache import LatentCache, collate_latents
 
         cache = LatentCache(cfg.data.latent_cache)
-        d, patch = cfg.data, dit_model_config(cfg).patch_size  # tokens as the DiT cuts them
+        d, patch = cfg.data, token_kwargs(cfg)["patch"]  # tokens as the DiT cuts them
         assign, sizes = cache.bucket_assignments(d.tokens_per_batch, d.max_batch_size, patch=patch)
         sampler = BucketBatchSampler(
             assign, sizes, cfg.train.seed, info.rank, info.world_size, start
@@ -185,7 +195,8 @@ def batches(cfg: TrainConfig, info: D.DistInfo, start: int):
 
         ds = ManifestClips.from_config(cfg)
         d = cfg.data
-        sizes = [batch_size_for(b, d.tokens_per_batch, d.max_batch_size) for b in ds.buckets]
+        kw = token_kwargs(cfg)
+        sizes = [batch_size_for(b, d.tokens_per_batch, d.max_batch_size, **kw) for b in ds.buckets]
         try:
             sampler = BucketBatchSampler(
                 ds.assignments, sizes, cfg.train.seed, info.rank, info.world_size, start
@@ -202,7 +213,7 @@ def batches(cfg: TrainConfig, info: D.DistInfo, start: int):
         return
     from kinetoscope.data.shapeworld import ShapeWorldClips, loader
 
-    ds = ShapeWorldClips.from_config(cfg, info.rank, info.world_size, start)
+    ds = ShapeWorldClips.from_config(cfg, info.rank, info.world_size, start, token_kwargs(cfg))
     yield from loader(ds, cfg.data.num_workers)
 
 
