@@ -34,7 +34,9 @@ def cmd(out: Path, *extra: str) -> list[str]:
 
 
 def losses(run: Path) -> list[tuple[int, float]]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
+    """Returns (step, loss) of every complete line (a live run may be mid-way through one)."""
+    text = (run / "metrics.jsonl").read_text()
+    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
     return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
 
 
@@ -59,7 +61,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
                 proc.wait()
                 killed_at = logged
                 break
-        time.sleep(0.05)
+        time.sleep(0.01)  # a micro step is short: poll often enough not to miss the window
     assert killed_at is not None, "the run finished or stalled before it could be killed"
     assert proc.returncode == -signal.SIGKILL
     resumed = subprocess.run(cmd(run, "--resume"), env=env(), stderr=subprocess.PIPE, text=True)
