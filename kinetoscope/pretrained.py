@@ -237,6 +237,7 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
         fps=cfg.data.fps,
         window=window,
         overlap=min(3, (window - 1) // 2),
+        shift=cfg.train.shift,  # sample with the times it trained on
     )
     return Pipeline(vae, dit, text, defaults, device, dtype, name=f"{path.name}@{ckpt.name}")
 

@@ -130,7 +130,7 @@ def test_loads_a_training_run_with_its_ema_weights(tmp_path):
     text_cfg = byte_text_config("tiny")
     model = TextToVideo(DiT(dit_config("tiny", text_dim=text_cfg.dim)), ByteTextEncoder(text_cfg))
     ema = {k: v * 2 for k, v in model.named_parameters()}
-    cfg = resolve({"model": {"stage": "dit", "vae_path": str(tmp_path / "vae")}})
+    cfg = resolve({"model": {"stage": "dit", "vae_path": str(tmp_path / "vae")}}, ["train.shift=3"])
     save_checkpoint(tmp_path / "dit", 20, {"model": model.state_dict(), "ema": ema}, {}, cfg)
     (tmp_path / "dit" / ".tmp-step_000030-1").mkdir()  # an interrupted write is never read
 
@@ -141,6 +141,7 @@ def test_loads_a_training_run_with_its_ema_weights(tmp_path):
     assert torch.equal(p.text_encoder.token_embedding.weight, ema["text.token_embedding.weight"])
     assert torch.equal(p.vae.decoder.conv_in.weight, vae_ema["decoder.conv_in.weight"])
     assert (p.defaults.width, p.defaults.height, p.defaults.window) == (64, 64, 9)
+    assert p.defaults.shift == 3.0  # it samples with the shift it trained with
     with pytest.raises(UserError, match="is a vae run"):
         Pipeline.from_pretrained(tmp_path / "vae")
 

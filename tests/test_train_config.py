@@ -56,6 +56,7 @@ def test_overrides_apply_with_types(tmp_path):
         ("optim.betas=[0.9]", "optim.betas: expected 2 values"),
         ("train.conditions.zoom=0.1", "train.conditions.zoom must be one of"),
         ("train.ema_decay=1.0", "train.ema_decay must be in [0, 1)"),
+        ("train.shift=0", "train.shift must be > 0 (or null)"),
         ("data.source=manifest", "data.path must name a folder"),
         ("optim.min_lr=1.0", "optim.min_lr must be in [0, optim.lr="),
         ("data.buckets=[[33, 64, 64]]", "data.image_share=0.25 needs an image bucket"),
@@ -96,11 +97,19 @@ def test_saved_config_resolves_to_the_same(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["shapeworld-tiny-vae.yaml", "shapeworld-tiny-dit.yaml"])
-def test_recipes_resolve(name):
+def test_recipes_resolve(name):  # (and the text recipe below, which has no video)
     cfg = load_config(RECIPES / name)
     assert cfg.model.stage in name
     assert [33, 64, 64] in cfg.data.bucket_list() and [1, 64, 64] in cfg.data.bucket_list()
     assert cfg.data.fps == 8.0 and cfg.model.vae == "tiny"
+
+
+def test_text_recipe_resolves():
+    cfg = load_config(RECIPES / "shapeworld-tiny-text.yaml")
+    assert cfg.model.stage == "text" and cfg.data.source == "shapeworld"
+    assert cfg.data.exclude_heldout
+    with pytest.raises(ConfigError, match="model.stage=text reads ShapeWorld captions"):
+        resolve({}, ["model.stage=text", "data.source=manifest", "data.path=clips"])
 
 
 def test_default_buckets_follow_frames_and_size():

@@ -90,6 +90,9 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     grad_checkpoint: bool = False
     compile: bool = False
     text_dropout: float = 0.1  # share of captions replaced by "" for classifier-free guidance
+    # Flow-time shift of the training times (and the trained model's sampling default);
+    # None: flow.shift_for_tokens, which gives a small latent none (1.0).
+    shift: float | None = None
     mse_weight: float = 0.0  # vae stage: an MSE term beside L1, so small objects count
     # Relative weight of each frame condition drawn for dit-stage samples (names as
     # diffusion/conditioning.py's KINDS; a kind left out of the mapping has weight 0): one
@@ -309,6 +312,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(
         0.0 <= t.text_dropout < 1.0, f"train.text_dropout must be in [0, 1), got {t.text_dropout}"
     )
+    _check(t.shift is None or t.shift > 0, f"train.shift must be > 0 (or null), got {t.shift}")
     _check(t.mse_weight >= 0.0, f"train.mse_weight must be >= 0, got {t.mse_weight}")
     for name, p in t.conditions.items():
         _choice(f"train.conditions.{name}", name, CONDITION_NAMES)

@@ -308,7 +308,7 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     ids, ids_mask = io.model.text.tokenize(captions)
     _, ph, pw = io.model.dit.cfg.patch_size  # the token count the Pipeline's shift_for uses
-    shift = shift_for_tokens(t_lat * (h // ph) * (w // pw))
+    shift = cfg.train.shift or shift_for_tokens(t_lat * (h // ph) * (w // pw))
     t = shift_t(sample_t(b, g), shift).to(device)
     probs = ConditionProbs(**{k: cfg.train.conditions.get(k, 0.0) for k in _kinds()})
     known = random_condition(b, t_lat, g, probs)  # [B, T] True = given clean
