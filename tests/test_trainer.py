@@ -195,14 +195,23 @@ def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path,
                                                           num_heads=2, text_dim=32))  # fmt: skip
     text_run = tmp_path / "text"
     args = ["model.stage=text", "model.text=micro", "data.max_batch_size=16", "optim.lr=3e-3",
-            "optim.warmup=5", "train.steps=40", "train.ckpt_every=40", "train.sample_every=40",
+            "optim.warmup=5", "train.steps=80", "train.ckpt_every=80", "train.sample_every=80",
             f"train.out={text_run}"]  # fmt: skip
     assert main(["train", "/dev/null", *args]) == 0
     losses = [r["loss"] for r in read_metrics(text_run)]
-    assert sum(losses[-10:]) < 0.95 * sum(losses[:10])  # it learns to read
-    acc = json.loads((text_run / "samples_000040" / "accuracy.json").read_text())
-    assert set(acc) == {"pairs", "environment", "time", "camera"}  # on scenes it never saw
-    assert all(0 <= v <= 1 for v in acc.values())
+    assert sum(losses[-10:]) < 0.9 * sum(losses[:10])  # it learns to read
+    acc = json.loads((text_run / "samples_000080" / "accuracy.json").read_text())
+    assert set(acc) == {
+        "colours",
+        "shapes",
+        "motions",
+        "colour-shape",
+        "colour-motion",
+        "environment",
+        "time",
+        "camera",
+    }  # on scenes it never saw
+    assert acc["time"] > 0.8  # day or night, of scenes it never saw (chance: 0.5)
 
     dit_run = tmp_path / "dit"
     args = ["model.stage=dit", "model.vae=micro", "model.dit=micro", "model.text=micro",
