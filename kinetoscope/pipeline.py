@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from kinetoscope.bigimage import refine_tiled
-from kinetoscope.diffusion.flow import shift_for_tokens
+from kinetoscope.diffusion.flow import shift_for_latent
 from kinetoscope.diffusion.sampling import SAMPLERS, sample
 from kinetoscope.errors import UserError
 from kinetoscope.longvideo import Stream, known_frames, roll
@@ -266,8 +266,7 @@ class Pipeline:
 
     def shift_for(self, latent_frames: int, h: int, w: int) -> float:
         """Returns the sampling shift for latents of this size (the trainer's rule by default)."""
-        _, ph, pw = self.dit.cfg.patch_size
-        return self.defaults.shift or shift_for_tokens(latent_frames * (h // ph) * (w // pw))
+        return shift_for_latent(latent_frames, h, w, self.dit.cfg.patch_size, self.defaults.shift)
 
     @torch.no_grad()
     def sample_latents(

@@ -75,6 +75,15 @@ def shift_for_tokens(
     return float(min(max(shift, min_shift), max_shift))
 
 
+def shift_for_latent(frames: int, h: int, w: int, patch, shift: float | None = None) -> float:
+    """Returns `shift` when set, else `shift_for_tokens` of the DiT tokens of a latent of
+    `frames` x h x w cut in `patch`es (t, h, w): the one rule training and sampling share."""
+    if shift:
+        return shift
+    _, ph, pw = patch
+    return shift_for_tokens(frames * (h // ph) * (w // pw))
+
+
 def flow_loss(
     model,
     x0: Tensor,

@@ -295,7 +295,7 @@ class DiTInputs:
 def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: DiTInputs):
     """Returns the flow-matching loss of a batch: random t, text dropout, frame conditions."""
     from kinetoscope.diffusion.conditioning import ConditionProbs, FrameCondition, random_condition
-    from kinetoscope.diffusion.flow import flow_loss, sample_t, shift_for_tokens, shift_t
+    from kinetoscope.diffusion.flow import flow_loss, sample_t, shift_for_latent, shift_t
 
     if "latent" in batch:
         x0 = batch["latent"].to(device).float()
@@ -307,8 +307,7 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     drop = torch.rand(b, generator=g) < cfg.train.text_dropout  # CFG: learn the "" prompt
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     ids, ids_mask = io.model.text.tokenize(captions)
-    _, ph, pw = io.model.dit.cfg.patch_size  # the token count the Pipeline's shift_for uses
-    shift = cfg.train.shift or shift_for_tokens(t_lat * (h // ph) * (w // pw))
+    shift = shift_for_latent(t_lat, h, w, io.model.dit.cfg.patch_size, cfg.train.shift)
     t = shift_t(sample_t(b, g), shift).to(device)
     probs = ConditionProbs(**{k: cfg.train.conditions.get(k, 0.0) for k in _kinds()})
     known = random_condition(b, t_lat, g, probs)  # [B, T] True = given clean
