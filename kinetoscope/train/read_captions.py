@@ -80,6 +80,12 @@ def scene_targets(scene: Scene) -> tuple[torch.Tensor, int, int, int]:
     return y, e, t, cam
 
 
+def batch_targets(batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Returns a batch's multi-labels [B, MULTI] and its environment, time, camera [B] each."""
+    multi, *classes = zip(*(scene_targets(s) for s in batch["scene"]))
+    return torch.stack(multi), [torch.tensor(c) for c in classes]
+
+
 def caption_batches(ds, batch_size: int, start: int):
     """Yields {caption [B], scene [B]} batches j = start, start+1, ... of a ShapeWorldClips
     stream's scenes (its seed, held-out exclusion and rank), with detailed captions."""
@@ -103,12 +109,12 @@ def text_loss(forward, tokenize, batch, device) -> torch.Tensor:
     `forward` is the CaptionReader (or its DDP wrapper), `tokenize` its encoder's."""
     ids, mask = tokenize(batch["caption"])
     logits = forward(ids.to(device), mask.to(device)).float()
-    multi, *classes = zip(*(scene_targets(s) for s in batch["scene"]))
+    multi, classes = batch_targets(batch)
     loss = F.binary_cross_entropy_with_logits(
-        logits[:, :MULTI], torch.stack(multi).to(device), pos_weight=POS_WEIGHT.to(device)
+        logits[:, :MULTI], multi.to(device), pos_weight=POS_WEIGHT.to(device)
     )
     for sl, y in zip(SLICES.values(), classes):
-        loss = loss + F.cross_entropy(logits[:, sl], torch.tensor(y, device=device))
+        loss = loss + F.cross_entropy(logits[:, sl], y.to(device))
     return loss
 
 
@@ -118,12 +124,12 @@ def reading_accuracy(model: CaptionReader, batch) -> dict[str, float]:
     read right (a group: its whole set)."""
     ids, mask = model.encoder.tokenize(batch["caption"])
     logits = model(ids, mask).float()
-    multi, *classes = zip(*(scene_targets(s) for s in batch["scene"]))
-    said, truth = logits[:, :MULTI] > 0, torch.stack(multi).bool()
+    multi, classes = batch_targets(batch)
+    said, truth = logits[:, :MULTI] > 0, multi.bool()
     out, start = {}, 0
     for name, n in GROUPS.items():  # the share of captions whose whole set is read right
         out[name] = (said[:, start : start + n] == truth[:, start : start + n]).all(1)
         start += n
     for (name, sl), y in zip(SLICES.items(), classes):
-        out[name] = logits[:, sl].argmax(1) == torch.tensor(y)
+        out[name] = logits[:, sl].argmax(1) == y
     return {k: round(v.float().mean().item(), 4) for k, v in out.items()}
