@@ -23,9 +23,10 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from kinetoscope.errors import UserError
+from kinetoscope.files import save_tensors
 
 FORMAT, VERSION = "kinetoscope-pipeline", 1
 WEIGHTS = Path(__file__).parent / "weights"
@@ -136,7 +137,7 @@ def save(
         if weights_dtype is not None:  # matrices and kernels only, never buffers
             params = {k for k, p in module.named_parameters() if p.ndim >= 2}
             state = {k: v.to(weights_dtype) if k in params else v for k, v in state.items()}
-        save_file(state, str(path / f"{file}.safetensors"), metadata={"format": FORMAT})
+        save_tensors(state, path / f"{file}.safetensors", metadata={"format": FORMAT})
     cfg = {
         "format": FORMAT,
         "version": VERSION,

@@ -15,6 +15,7 @@ import av
 import numpy as np
 
 from kinetoscope.errors import UserError
+from kinetoscope.files import umask_mode
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 SAVE_EXTS = (".mp4", ".webm", ".gif", *IMAGE_EXTS)
@@ -40,6 +41,7 @@ def atomic_write(p: Path) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, umask_mode())  # mkstemp made it owner-only
         os.replace(tmp, p)
     except BaseException:
         with suppress(FileNotFoundError):

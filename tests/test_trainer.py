@@ -85,16 +85,16 @@ def test_bad_config_key_fails_in_one_line_naming_it(tmp_path, capsys):
 
 def test_full_disk_keeps_previous_checkpoint_and_stops(tmp_path, monkeypatch):
     cfg = cfg_for(tmp_path, "train.steps=4", "train.ckpt_every=2")
-    real = C.save_file
+    real = C.save_tensors
     calls = []
 
-    def save_file(tensors, path, metadata=None):
+    def save_tensors(tensors, path, metadata=None):
         calls.append(path)
-        if "step_000004" in path:  # the second checkpoint hits a full disk
+        if "step_000004" in str(path):  # the second checkpoint hits a full disk
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(C, "save_file", save_file)
+    monkeypatch.setattr(C, "save_tensors", save_tensors)
     with pytest.raises(C.UserError, match="no space left.*step_000002 is intact.*stopped"):
         train(cfg)
     assert [s for s, _ in C.list_checkpoints(tmp_path / "run")] == [2]

@@ -169,6 +169,16 @@ def test_save_refuses_bad_targets(tmp_path, make_video):
 # ---- atomic writes ----
 
 
+def test_saved_files_get_the_umask_mode_not_owner_only(tmp_path, make_video):
+    mask = os.umask(0o027)  # any umask: the file must follow it, not mkstemp's 0600
+    try:
+        for name in ("a.mp4", "a.gif", "a.png"):
+            v = make_video(t=1 if name.endswith(".png") else 2)
+            assert os.stat(v.save(tmp_path / name)).st_mode & 0o777 == 0o640
+    finally:
+        os.umask(mask)
+
+
 @pytest.mark.parametrize("ext", [".mp4", ".gif"])
 def test_failed_write_leaves_nothing_and_keeps_old_file(tmp_path, make_video, monkeypatch, ext):
     real, calls = video_mod._av_frame, []

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from kinetoscope.data.buckets import batch_size_for_latent
 from kinetoscope.errors import UserError
+from kinetoscope.files import save_tensors
 
 INDEX = "index.json"
 NULL = "null.safetensors"
@@ -58,7 +58,7 @@ def build_latent_cache(
     def flush():
         if shard:
             name = _shard_name(len(shards))
-            save_file(shard, str(out / name))
+            save_tensors(shard, out / name)
             shards.append(name)
             shard.clear()
 
@@ -90,7 +90,7 @@ def build_latent_cache(
 
     emb, mask = encode_text([""])
     null = {"text": emb[0].detach().to("cpu", dtype).contiguous(), "mask": mask[0].cpu().bool()}
-    save_file(null, str(out / NULL))
+    save_tensors(null, out / NULL)
     index = {"version": 1, "num_samples": len(samples), "shards": shards, "samples": samples}
     tmp = out / f".{INDEX}.tmp"
     tmp.write_text(json.dumps(index))

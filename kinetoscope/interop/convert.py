@@ -13,8 +13,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import save_file
-
+from kinetoscope.files import save_tensors
 from kinetoscope.interop.wan_dit_keys import rename_rules
 
 # ---- DiT: ours (= Wan original) -> diffusers WanTransformer3DModel ---------------------------
@@ -225,12 +224,12 @@ def save_safetensors(state: dict, folder: Path, stem: str, max_shard_bytes: int 
         shards[-1][key] = value
         size += nbytes
     if len(shards) == 1:
-        save_file(state, str(folder / f"{stem}.safetensors"), metadata={"format": "pt"})
+        save_tensors(state, folder / f"{stem}.safetensors", metadata={"format": "pt"})
         return
     weight_map = {}
     for i, shard in enumerate(shards):
         name = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        save_tensors(shard, folder / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
     total = sum(v.numel() * v.element_size() for v in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}

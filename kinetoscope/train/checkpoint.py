@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from kinetoscope.errors import UserError
+from kinetoscope.files import save_tensors
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -177,7 +178,7 @@ def save_checkpoint(
         tmp.mkdir()
         for name, group in tensors.items():
             path = tmp / f"{name}.safetensors"
-            save_file(_safetensors_ready(group), str(path), metadata={"step": str(step)})
+            save_tensors(_safetensors_ready(group), path, metadata={"step": str(step)})
             _fsync_file(path)
         torch.save({**state, "step": step}, tmp / STATE_FILE)
         _fsync_file(tmp / STATE_FILE)
