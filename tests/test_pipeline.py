@@ -8,6 +8,7 @@ kept exactly, strength 0 = the input's round trip, windows for long videos, clea
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -66,12 +67,24 @@ def test_save_then_load_gives_the_same_weights_and_defaults(model_dir, pipe):
     cfg = json.loads((model_dir / "config.json").read_text())
     assert cfg["format"] == "kinetoscope-pipeline" and cfg["defaults"]["window"] == 3
     assert (model_dir / "README.md").read_text().startswith("# tiny-random")
+    for f in model_dir.iterdir():  # safetensors writes 0600; a model folder is for sharing
+        assert f.stat().st_mode & 0o777 == 0o666 & ~_umask(), f.name
     for a, b in ((ref.vae, pipe.vae), (ref.dit, pipe.dit), (ref.text_encoder, pipe.text_encoder)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert pipe.defaults == ref.defaults
     assert np.array_equal(gen(ref, frames=5).frames, gen(pipe, frames=5).frames)
+
+
+def test_convert_writes_a_card_that_says_what_the_model_is(model_dir, tmp_path):
+    from kinetoscope.cli import main
+
+    out = tmp_path / "mine"
+    assert main(["convert", str(model_dir), "--out", str(out), "--name", "mine"]) == 0
+    card = (out / "README.md").read_text()
+    assert card.startswith("# mine\n") and "A kinetoscope model" in card and "Wan" not in card
+    assert "byte-level encoder" in card and "shift by token count), guidance 2\n" in card
 
 
 def test_bfloat16_storage_halves_matrices_and_keeps_buffers_exact(tmp_path):
@@ -289,3 +302,9 @@ def test_image_small_and_large(pipe):
     assert large.frames.shape == (1, 96, 160, 3)
     again = pipe.image("a ball", size=(160, 96), progress=False, expand=False)
     assert np.array_equal(large.frames, again.frames)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

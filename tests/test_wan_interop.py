@@ -359,6 +359,7 @@ def test_convert_round_trips_diffusers_through_our_format(folders, tmp_path):
     assert main(["convert", str(src), "--out", str(ours), "--name", "my-wan"]) == 0
     config = json.loads((ours / "config.json").read_text())
     assert config["format"] == "kinetoscope-pipeline" and config["name"] == "my-wan"
+    assert "Wan2.1 license" in (ours / "README.md").read_text()
     assert main(["convert", str(ours), "--out", str(back), "--format", "diffusers"]) == 0
     for sub in ("transformer", "vae", "text_encoder"):
         a, b = _tensors(src / sub), _tensors(back / sub)

@@ -373,16 +373,28 @@ def convert_folder(
 
 
 def _card(pipe, src) -> str:
-    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e9
+    """Returns a starting model card: what the model is, where it came from, its defaults."""
+    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
     d = pipe.defaults
+    shift = "by token count" if d.shift is None else f"{d.shift:g}"
+    if isinstance(pipe.text_encoder, WanT5):
+        origin = (
+            f"Wan2.1 text-to-video weights converted from `{src}` by `kinetoscope convert`; the\n"
+            "Wan2.1 license (Apache-2.0) and model card of the source apply.\n"
+        )
+        text = f"UMT5 encoder ({count(pipe.text_encoder) / 1e3:.2f} B parameters) in text/"
+    else:
+        origin = (
+            f"A kinetoscope model written from `{src}` by `kinetoscope convert`; add how it was\n"
+            "trained (data, commands, steps, wall time) and what it was measured to do.\n"
+        )
+        text = f"byte-level encoder, {count(pipe.text_encoder):.2f} M parameters"
     return (
-        f"# {pipe.name}\n\n"
-        f"Wan2.1 text-to-video weights converted from `{src}` by `kinetoscope convert`; the\n"
-        "Wan2.1 license (Apache-2.0) and model card of the source apply.\n\n"
-        f"- DiT: {count(pipe.dit):.2f} B parameters, {pipe.dit.cfg.num_layers} layers, "
+        f"# {pipe.name}\n\n{origin}\n"
+        f"- DiT: {count(pipe.dit):.2f} M parameters, {pipe.dit.cfg.num_layers} layers, "
         f"dim {pipe.dit.cfg.dim}\n"
-        f"- VAE: Wan2.1 causal 3D VAE, {count(pipe.vae) * 1e3:.0f} M parameters\n"
-        f"- text: UMT5 encoder ({count(pipe.text_encoder):.2f} B parameters) in text/\n"
+        f"- VAE: causal 3D VAE, {count(pipe.vae):.2f} M parameters\n"
+        f"- text: {text}\n"
         f"- defaults: {d.width}x{d.height}, {d.fps:g} fps, {d.seconds:g} s, {d.steps} steps "
-        f"({d.sampler}, shift {d.shift}), guidance {d.guidance:g}\n"
+        f"({d.sampler}, shift {shift}), guidance {d.guidance:g}\n"
     )
