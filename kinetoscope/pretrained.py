@@ -197,6 +197,47 @@ def load_vae_run(path: str | Path, device=None):
     return vae, f"{path.name}@{ckpt.name}"
 
 
+def _pipeline_folder(path: str | Path) -> Path | None:
+    """Returns the pipeline folder `path` names ('shapeworld-tiny' or a folder), else None."""
+    folder = WEIGHTS / str(path) if str(path) in BUNDLED else Path(path)
+    return folder if _is_pipeline(folder) else None
+
+
+def vae_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Returns float32 VAE weights from a vae run or checkpoint (its EMA over the raw weights),
+    a pipeline folder or a bundled name."""
+    from kinetoscope.train.checkpoint import load_checkpoint
+
+    folder = _pipeline_folder(path)
+    if folder is not None:
+        return _float(_read_weights(folder / "vae.safetensors", "cpu"))
+    tensors, _ = load_checkpoint(path)
+    return {**tensors["model"], **tensors.get("ema", {})}  # EMA holds parameters, not buffers
+
+
+def dit_text_weights(path: str | Path) -> tuple[dict, dict]:
+    """Returns float32 (DiT, byte text encoder) weights of a pipeline folder, a bundled name or
+    a dit run or checkpoint (EMA over raw): what `model.init_from` fine-tunes from."""
+    from kinetoscope.train.checkpoint import load_checkpoint
+
+    folder = _pipeline_folder(path)
+    if folder is not None:
+        kind = json.loads((folder / "config.json").read_text())["text"].get("kind")
+        if kind != "byte":
+            raise UserError(f"{path}: its text encoder is {kind}; training needs the byte encoder")
+        dit, text = (_read_weights(folder / f"{f}.safetensors", "cpu") for f in ("dit", "text"))
+        return _float(dit), _float(text)
+    if not Path(path).exists():
+        raise UserError(f"{path}: no such model; pass 'shapeworld-tiny', a folder or a dit run")
+    tensors, _ = load_checkpoint(path)
+    state = {**tensors["model"], **tensors.get("ema", {})}
+    return _strip(state, "dit."), _strip(state, "text.")
+
+
+def _float(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     """Returns the Pipeline of a dit training run: newest checkpoint, EMA weights."""
     from kinetoscope.models.dit import DiT
@@ -217,7 +258,7 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
         )
     if not m.vae_path:
         raise UserError(f"{path}: its config has no model.vae_path, so no trained VAE to decode")
-    vae_dir = _find(Path(m.vae_path), path)
+    vae_dir = m.vae_path if m.vae_path in BUNDLED else _find(Path(m.vae_path), path)
     if vae_dir is None:
         raise UserError(f"{path}: its VAE {m.vae_path} (model.vae_path) is not there")
 
@@ -227,9 +268,8 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     dit = DiT(dit_model_config(cfg))
     text.load_state_dict(_strip(state, "text."))
     dit.load_state_dict(_strip(state, "dit."))
-    vae_tensors, _ = load_checkpoint(vae_dir)
     vae = VAE.from_preset(m.vae)
-    vae.load_state_dict({**vae_tensors["model"], **vae_tensors.get("ema", {})})
+    vae.load_state_dict(vae_weights(vae_dir))
 
     window = max(3, 1 + (cfg.data.frames - 1) // vae.cfg.time_factor)
     defaults = PipelineDefaults(

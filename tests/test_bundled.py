@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from kinetoscope.pipeline import Pipeline
 from kinetoscope.pretrained import WEIGHTS
@@ -43,3 +44,22 @@ def test_the_bundled_model_is_deterministic_by_seed(bundled):
     )
     assert (a.frames == b.frames).all()
     assert (a.frames != c.frames).any()
+
+
+def test_the_bundled_model_fits_the_recipe_it_fine_tunes_with():
+    """configs/shapeworld-tiny-dit.yaml with model.init_from=shapeworld-tiny and
+    model.vae_path=shapeworld-tiny loads every weight strictly (docs/training.md)."""
+    from pathlib import Path
+
+    from kinetoscope.pretrained import dit_text_weights
+    from kinetoscope.train.config import load_config
+    from kinetoscope.train.trainer import load_frozen_vae, make_model_fn
+
+    recipe = Path(__file__).parents[1] / "configs" / "shapeworld-tiny-dit.yaml"
+    cfg = load_config(recipe, ["model.vae_path=shapeworld-tiny", "model.text_path=null",
+                               "model.init_from=shapeworld-tiny"])  # fmt: skip
+    load_frozen_vae(cfg, torch.device("cpu"))
+    model = make_model_fn(cfg)()
+    dit, text = dit_text_weights("shapeworld-tiny")
+    model.dit.load_state_dict(dit)
+    model.text.load_state_dict(text)

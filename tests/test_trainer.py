@@ -185,14 +185,19 @@ def test_eval_vae_measures_a_vae_run_on_its_own(tmp_path, capsys):
     assert "PSNR (dB)" in out and '"model": "run@step_000001"' in out
 
 
-def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path, monkeypatch):
+@pytest.fixture
+def micro_dit(monkeypatch):
     from kinetoscope.models import dit as DT
     from kinetoscope.models import text as TX
-    from kinetoscope.train.trainer import load_text_run
 
     monkeypatch.setitem(TX.BYTE_PRESETS, "micro", TX.ByteTextConfig(32, 1, 2, 64))
     monkeypatch.setitem(DT.PRESETS, "micro", DT.DiTConfig(dim=32, ffn_dim=64, num_layers=1,
                                                           num_heads=2, text_dim=32))  # fmt: skip
+
+
+def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path, micro_dit):
+    from kinetoscope.train.trainer import load_text_run
+
     text_run = tmp_path / "text"
     args = ["model.stage=text", "model.text=micro", "data.max_batch_size=16", "optim.lr=3e-3",
             "optim.warmup=5", "train.steps=80", "train.ckpt_every=80", "train.sample_every=80",
@@ -226,6 +231,32 @@ def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path,
         torch.testing.assert_close(tensors["model"][f"text.{k}"], v, rtol=0, atol=1e-6)
     with pytest.raises(Exception, match="no text encoder"):
         load_text_run(dit_run)
+
+
+def test_a_dit_run_fine_tunes_from_a_trained_model(tmp_path, capsys, micro_dit):
+    """model.init_from: the new run starts from the model's weights (EMA over raw)."""
+    base = ["model.stage=dit", "model.vae=micro", "model.dit=micro", "model.text=micro",
+            "data.buckets=[[1,16,16]]", "data.image_share=1.0", "data.num_workers=0",
+            "data.max_batch_size=2", "train.steps=1", "train.sample_every=1000"]  # fmt: skip
+    assert main(["train", "/dev/null", *base, f"train.out={tmp_path / 'a'}"]) == 0
+    still = ["optim.lr=1e-12", "optim.min_lr=0", "optim.warmup=1"]
+    args = [*base, *still, f"model.init_from={tmp_path / 'a'}", f"train.out={tmp_path / 'b'}"]
+    assert main(["train", "/dev/null", *args]) == 0
+    a, b = C.load_checkpoint(tmp_path / "a")[0], C.load_checkpoint(tmp_path / "b")[0]["model"]
+    start = {**a["model"], **a["ema"]}
+    assert start.keys() == b.keys()
+    for k, v in start.items():
+        torch.testing.assert_close(b[k], v, rtol=0, atol=1e-6)
+    assert not torch.equal(a["model"]["dit.head.head.weight"], a["ema"]["dit.head.head.weight"])
+
+    capsys.readouterr()
+    tiny = [*args[:-1], "model.dit=tiny", f"train.out={tmp_path / 'c'}"]
+    assert main(["train", "/dev/null", *tiny]) == 2  # another architecture: one line, no run
+    assert "do not fit this recipe's model.dit=tiny" in capsys.readouterr().err
+    both = [*args[:-1], f"model.text_path={tmp_path / 'a'}", f"train.out={tmp_path / 'd'}"]
+    assert main(["train", "/dev/null", *both]) == 2
+    assert "unset model.text_path" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").glob("step_*"))
 
 
 def test_the_dit_learns_to_follow_its_text():

@@ -33,8 +33,12 @@ class ModelConfig:
     vae: str = "tiny"  # VAE preset name
     dit: str = "tiny"  # DiT preset name
     text: str = "tiny"  # text encoder preset name
-    vae_path: str | None = None  # trained VAE folder (or checkpoint) for the dit stage
+    # dit stage: the frozen VAE: a vae run or checkpoint, a pipeline folder, or "shapeworld-tiny"
+    vae_path: str | None = None
     text_path: str | None = None  # dit stage: start the text encoder from this text-stage run
+    # dit stage: start the DiT and its text encoder from this model (fine-tuning): a pipeline
+    # folder, "shapeworld-tiny" or a dit run; its presets must be this recipe's
+    init_from: str | None = None
 
 
 @dataclass
@@ -263,6 +267,11 @@ def validate(cfg: TrainConfig) -> None:
         _check(d.source == "shapeworld", "model.stage=text reads ShapeWorld captions: data.source")
     for key in ("vae", "dit", "text"):
         _check(bool(getattr(m, key)), f"model.{key} must name a preset, got ''")
+    if m.init_from:
+        _check(m.stage == "dit", "model.init_from starts a dit run; unset it for model.stage")
+        _check(
+            not m.text_path, "model.init_from brings its own text encoder: unset model.text_path"
+        )
 
     _choice("data.source", d.source, ("shapeworld", "manifest"))
     if d.source == "manifest":

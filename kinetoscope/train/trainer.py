@@ -104,9 +104,18 @@ def load_frozen_vae(cfg: TrainConfig, device: torch.device) -> nn.Module:
     if path is None:
         print("kinetoscope train: model.vae_path is unset; encoding with an untrained VAE")
     else:
-        tensors, _ = load_checkpoint(path)
-        vae.load_state_dict(tensors.get("ema") or tensors["model"], strict=False)
+        from kinetoscope.pretrained import vae_weights
+
+        _load(vae, vae_weights(path), f"model.vae_path {path}", f"model.vae={cfg.model.vae}")
     return vae.to(device).eval().requires_grad_(False)
+
+
+def _load(module: nn.Module, state: dict, source: str, preset: str) -> None:
+    """load_state_dict, with a one-line UserError when the weights are another architecture."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:
+        raise UserError(f"{source}: its weights do not fit this recipe's {preset}") from None
 
 
 def load_text_run(path: str | Path) -> dict[str, torch.Tensor]:
@@ -440,9 +449,17 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
     tensors, state = load_checkpoint(ckpt) if ckpt else ({}, {})
     make = make_model_fn(cfg)
     reference = None
-    if cfg.model.stage == "dit" and cfg.model.text_path and not ckpt:  # start from a read encoder
+    m = cfg.model
+    if m.stage == "dit" and m.text_path and not ckpt:  # start from an encoder that reads
         reference = make()
-        reference.text.load_state_dict(load_text_run(cfg.model.text_path))
+        reference.text.load_state_dict(load_text_run(m.text_path))
+    if m.stage == "dit" and m.init_from and not ckpt:  # fine-tune a trained model
+        from kinetoscope.pretrained import dit_text_weights
+
+        reference = make()
+        dit, text = dit_text_weights(m.init_from)
+        _load(reference.dit, dit, f"model.init_from {m.init_from}", f"model.dit={m.dit}")
+        _load(reference.text, text, f"model.init_from {m.init_from}", f"model.text={m.text}")
     model, forward = D.build_parallel(
         make, info, cfg.dist.mode, t.grad_checkpoint, t.compile, tensors.get("model"), reference
     )
