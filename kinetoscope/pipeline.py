@@ -157,7 +157,7 @@ class Pipeline:
 
     @property
     def size_step(self) -> int:
-        """Pixel sizes must be multiples of this: the VAE's 8x times the DiT's 2x2 patches."""
+        """Pixel sizes must be multiples of this: the VAE's space factor times the DiT's patch."""
         return self.space_factor * max(self.dit.cfg.patch_size[1:])
 
     def fit_size(self, size: tuple[int, int] | None) -> tuple[int, int]:
