@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from kinetoscope.longvideo import known_frames
 from kinetoscope.metrics import psnr
@@ -443,7 +444,7 @@ def measure_cases(
     [per seam], 'control': [per seam]}}} over `runs` runs, each output made once for both."""
     names = set(KEPT_CASES if kept else ()) | set(SEAM_CASES if seams else ())
     res: dict = {"kept": {}, "seams": {}}
-    for i in range(runs):
+    for i in tqdm(range(runs), desc="capability runs", unit="run"):
         for case in make_cases(pipe, i, seed, tuple(names), perfect):
             if kept and case.name in KEPT_CASES:
                 res["kept"].setdefault(case.name, []).append(kept_figures(pipe, case))
@@ -526,7 +527,8 @@ def cmd_long(pipe_name: str, args, lengths=(4.0, 15.0, 60.0)) -> tuple[dict, lis
 
 
 def cmd_edit(pipe: Pipeline, args) -> tuple[dict, list[str]]:
-    figs = [edit_run(pipe, i, args.seed, args.strength) for i in range(args.runs)]
+    runs = tqdm(range(args.runs), desc="edit runs", unit="run")
+    figs = [edit_run(pipe, i, args.seed, args.strength) for i in runs]
     rows = [
         f"| edited (strength {args.strength:g}) | runs | new attribute found (goal >= 80%)"
         " | motion unchanged (goal >= 80%) | colours kept | judge right on the input |",
