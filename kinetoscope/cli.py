@@ -473,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="store weight matrices and kernels as bfloat16 (half the size; kinetoscope format)",
     )
-    p = add("info", "print frames, size, fps, duration and codec of a video or image", cmd_info)
+    p = add("info", "print frames, size, fps, duration, codec (and the prompt of a generated "
+            "video: title, expanded: comment) of a video or image", cmd_info)  # fmt: skip
     p.add_argument("file")
     return parser
 

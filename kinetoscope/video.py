@@ -105,7 +105,7 @@ class Video:
             if size and size[0] <= x.shape[2] and size[1] <= x.shape[1]:
                 x = x[:, : size[1], : size[0]]
             fps = _fps(c, st, len(frames), p)
-            meta = {"path": str(p), "codec": st.codec_context.name}
+            meta = {"path": str(p), "codec": st.codec_context.name, **_texts(c)}
         return cls(np.ascontiguousarray(x), fps, meta)
 
     def save(self, path: str | os.PathLike, bitrate: int | None = None) -> Path:
@@ -218,7 +218,8 @@ class Video:
 
 
 def probe(path: str | os.PathLike) -> dict:
-    """Returns {frames, size 'WxH', fps, duration, codec} without decoding pixels."""
+    """Returns {frames, size 'WxH', fps, duration, codec} without decoding pixels, plus the
+    file's title and comment when it has them (a generated video's prompt, expanded prompt)."""
     p = _check_input(path)
     with _av_errors(p, "read it as a video or image"), av.open(str(p)) as c:
         st = _video_stream(c, p)
@@ -227,13 +228,14 @@ def probe(path: str | os.PathLike) -> dict:
         _check_count(p, st, n)
         w, h = _size_tag(c) or (cc.width, cc.height)
         fps = _fps(c, st, n, p)
-        codec = cc.name
+        codec, texts = cc.name, _texts(c)
     return {
         "frames": n,
         "size": f"{w}x{h}",
         "fps": round(fps, 3),
         "duration": round(n / fps, 3),
         "codec": codec,
+        **texts,
     }
 
 
@@ -283,6 +285,17 @@ def _check_count(p: Path, st, n: int) -> None:
     # The slack of 2: edit lists may drop a frame or two of a valid file's count.
     if st.frames and n < st.frames - 2:
         raise UserError(f"{p}: truncated: its header says {st.frames} frames, only {n} are there")
+
+
+def _texts(c) -> dict[str, str]:
+    """Returns the container's title and comment (the prompt and the expanded prompt of a
+    generated video), leaving out a comment that is our size tag."""
+    out = {}
+    for key, value in c.metadata.items():
+        k = key.lower()
+        if k in ("title", "comment") and value and not value.startswith(_SIZE_TAG):
+            out[k] = value
+    return out
 
 
 def _size_tag(c) -> tuple[int, int] | None:

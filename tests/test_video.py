@@ -166,6 +166,17 @@ def test_save_refuses_bad_targets(tmp_path, make_video):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("ext", [".mp4", ".webm"])
+def test_a_videos_prompt_travels_with_the_file_and_reads_back(tmp_path, make_video, ext):
+    v = make_video(t=2)
+    v.metadata.update(title="a red ball", comment="A small red ball bounces. The camera is static.")
+    p = v.save(tmp_path / f"a{ext}")
+    for got in (Video.read(p).metadata, probe(p)):
+        assert got["title"] == "a red ball" and got["comment"].startswith("A small red ball")
+    odd = Video(v.frames[:, :7, :5]).save(tmp_path / "odd.mp4")  # its comment is the size tag
+    assert "comment" not in Video.read(odd).metadata and "comment" not in probe(odd)
+
+
 # ---- atomic writes ----
 
 
