@@ -51,6 +51,28 @@ def test_bad_sizes_raise_with_values(vae):
         vae.encode(torch.zeros(1, 3, 32, 32))
 
 
+def test_fp32_inference_convs_run_on_onednn_and_equal_torchs_own_path():
+    import torch.nn.functional as F
+    from torch import nn
+
+    from kinetoscope.models import vae as V
+
+    torch.manual_seed(0)
+    conv = V.CausalConv3d(8, 16, 3, padding=1)  # time padding 2, all before the first frame
+    x = torch.randn(1, 8, 5, 9, 11)
+    with torch.no_grad():
+        fast = conv(x)
+        slow = nn.Conv3d.forward(conv, F.pad(x, (0, 0, 0, 0, 2, 0)))
+        assert V._onednn_fp32(x) == torch.backends.mkldnn.is_available()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not V._onednn_fp32(x)  # autocast's bf16 convs are oneDNN already
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    assert not V._onednn_fp32(x)  # gradients enabled: torch's own conv, which has a backward
+    x.requires_grad_(True)
+    conv(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
 @torch.no_grad()
 def test_chunked_equals_whole_clip(vae):
     x = _video(17, 16, 16)

@@ -119,7 +119,28 @@ class CausalConv3d(nn.Conv3d):
             pad -= past.shape[2]
         if pad > 0:
             x = F.pad(x, (0, 0, 0, 0, pad, 0))
-        return super().forward(x.contiguous(memory_format=CL3D))  # a no-op on the fast path
+        x = x.contiguous(memory_format=CL3D)  # a no-op on the fast path
+        if _onednn_fp32(x):
+            w, b, s = self.weight, self.bias, self
+            return torch.mkldnn_convolution(x, w, b, s.padding, s.stride, s.dilation, s.groups)
+        return super().forward(x)
+
+
+def _onednn_fp32(x: torch.Tensor) -> bool:
+    """True where oneDNN should run an fp32 conv that torch would send to its slow path.
+
+    torch picks oneDNN for an fp32 Conv3d on CPU only when batch x channels x frames x height
+    is large (> 20480); a decode at batch 1 falls under that and runs `slow_conv3d` (im2col +
+    GEMM), which measured 2-4x slower than oneDNN here (benchmarks/peer.py). Inference only:
+    under autocast the conv runs in bf16 through oneDNN anyway, and no gradient is needed.
+    """
+    return (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+    )
 
 
 class RMSNorm(nn.Module):
