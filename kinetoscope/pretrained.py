@@ -206,20 +206,15 @@ def _pipeline_folder(path: str | Path) -> Path | None:
 def vae_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Returns float32 VAE weights from a vae run or checkpoint (its EMA over the raw weights),
     a pipeline folder or a bundled name."""
-    from kinetoscope.train.checkpoint import load_checkpoint
-
     folder = _pipeline_folder(path)
     if folder is not None:
         return _float(_read_weights(folder / "vae.safetensors", "cpu"))
-    tensors, _ = load_checkpoint(path)
-    return {**tensors["model"], **tensors.get("ema", {})}  # EMA holds parameters, not buffers
+    return _checkpoint_weights(path)
 
 
 def dit_text_weights(path: str | Path) -> tuple[dict, dict]:
     """Returns float32 (DiT, byte text encoder) weights of a pipeline folder, a bundled name or
     a dit run or checkpoint (EMA over raw): what `model.init_from` fine-tunes from."""
-    from kinetoscope.train.checkpoint import load_checkpoint
-
     folder = _pipeline_folder(path)
     if folder is not None:
         kind = json.loads((folder / "config.json").read_text())["text"].get("kind")
@@ -229,9 +224,16 @@ def dit_text_weights(path: str | Path) -> tuple[dict, dict]:
         return _float(dit), _float(text)
     if not Path(path).exists():
         raise UserError(f"{path}: no such model; pass 'shapeworld-tiny', a folder or a dit run")
-    tensors, _ = load_checkpoint(path)
-    state = {**tensors["model"], **tensors.get("ema", {})}
+    state = _checkpoint_weights(path)
     return _strip(state, "dit."), _strip(state, "text.")
+
+
+def _checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Returns a run's (newest) or a checkpoint's weights: its EMA over the raw ones."""
+    from kinetoscope.train.checkpoint import load_checkpoint
+
+    tensors, _ = load_checkpoint(path)
+    return {**tensors["model"], **tensors.get("ema", {})}  # EMA holds parameters, not buffers
 
 
 def _float(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -244,7 +246,7 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     from kinetoscope.models.text import ByteTextEncoder, byte_text_config
     from kinetoscope.models.vae import VAE
     from kinetoscope.pipeline import Pipeline, PipelineDefaults
-    from kinetoscope.train.checkpoint import CONFIG_FILE, load_checkpoint
+    from kinetoscope.train.checkpoint import CONFIG_FILE
     from kinetoscope.train.trainer import dit_model_config
 
     found = _newest_checkpoint(path)
@@ -262,12 +264,11 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     if vae_dir is None:
         raise UserError(f"{path}: its VAE {m.vae_path} (model.vae_path) is not there")
 
-    tensors, _ = load_checkpoint(ckpt)
-    state = {**tensors["model"], **tensors.get("ema", {})}  # EMA holds parameters, not buffers
+    dit_state, text_state = dit_text_weights(ckpt)
     text = ByteTextEncoder(byte_text_config(m.text))
     dit = DiT(dit_model_config(cfg))
-    text.load_state_dict(_strip(state, "text."))
-    dit.load_state_dict(_strip(state, "dit."))
+    text.load_state_dict(text_state)
+    dit.load_state_dict(dit_state)
     vae = VAE.from_preset(m.vae)
     vae.load_state_dict(vae_weights(vae_dir))
 
