@@ -13,6 +13,8 @@ is rendered, and the head is dropped afterwards: only `encoder.*` goes on to the
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,7 @@ GROUPS = {
     "colour-motion": len(COLORS) * len(MOTIONS),
 }
 MULTI = sum(GROUPS.values())
+OFFSET = dict(zip(GROUPS, itertools.accumulate([0, *GROUPS.values()])))  # group -> first label
 # The head's logits: the multi-labels, then one class each of environment, time, camera.
 SLICES = {
     "environment": slice(MULTI, MULTI + len(ENVIRONMENTS)),
@@ -69,12 +72,12 @@ class CaptionReader(nn.Module):
 def scene_targets(scene: Scene) -> tuple[torch.Tensor, int, int, int]:
     """Returns (multi-labels [MULTI] 0/1, environment, time, camera indices) of a scene."""
     y = torch.zeros(MULTI)
-    nc, ns, nm = len(COLORS), len(SHAPES), len(MOTIONS)
     for o in scene.objects:
         c, s, m = COLORS.index(o.color), SHAPES.index(o.shape), MOTIONS.index(o.motion)
-        for i in (c, nc + s, nc + ns + m, nc + ns + nm + c * ns + s,
-                  nc + ns + nm + nc * ns + c * nm + m):  # fmt: skip
-            y[i] = 1
+        for group, i in (("colours", c), ("shapes", s), ("motions", m),
+                         ("colour-shape", c * len(SHAPES) + s),
+                         ("colour-motion", c * len(MOTIONS) + m)):  # fmt: skip
+            y[OFFSET[group] + i] = 1
     e, t, cam = (ENVIRONMENTS.index(scene.environment), TIMES.index(scene.time),
                  CAMERAS.index(scene.camera))  # fmt: skip
     return y, e, t, cam
@@ -126,10 +129,10 @@ def reading_accuracy(model: CaptionReader, batch) -> dict[str, float]:
     logits = model(ids, mask).float()
     multi, classes = batch_targets(batch)
     said, truth = logits[:, :MULTI] > 0, multi.bool()
-    out, start = {}, 0
+    out = {}
     for name, n in GROUPS.items():  # the share of captions whose whole set is read right
-        out[name] = (said[:, start : start + n] == truth[:, start : start + n]).all(1)
-        start += n
+        group = slice(OFFSET[name], OFFSET[name] + n)
+        out[name] = (said[:, group] == truth[:, group]).all(1)
     for (name, sl), y in zip(SLICES.items(), classes):
         out[name] = logits[:, sl].argmax(1) == y
     return {k: round(v.float().mean().item(), 4) for k, v in out.items()}
