@@ -95,6 +95,10 @@ def _worker(rank: int, world: int, port: int, strategy: str, mode: str, path: st
         D.barrier()  # leave together: a rank tearing gloo down under a busy peer can abort it
     finally:
         D.destroy_distributed()
+    # fully_shard leaves references to the process group inside torch, so gloo's threads outlive
+    # destroy_process_group and are torn down during interpreter shutdown, where they abort the
+    # process now and then (measured: 1 run in 16 to 60). Nothing is left to do: skip shutdown.
+    os._exit(0)
 
 
 def free_port() -> int:
