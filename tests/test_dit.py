@@ -89,6 +89,23 @@ def test_context_mask_ignores_padded_tokens():
     assert (a[0] - c[0]).abs().max() > 1e-4
 
 
+def test_context_cache_reuses_text_work_and_gives_the_same_velocity():
+    model = make(DiTConfig(**{**CFG.__dict__, "text_len": 8}))
+    x, t, ctx = inputs(length=5)
+    mask = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    cache = {}
+    calls = []
+    model.text_embedding.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        for step in range(3):  # a sampler's steps: new latents and times, one context
+            xs, ts = x + step, t / (step + 1)
+            torch.testing.assert_close(
+                model(xs, ts, ctx, mask, cache=cache), model(xs, ts, ctx, mask), rtol=0, atol=0
+            )
+    assert len(calls) == 1 + 3  # the cached model embedded the context once, the plain one 3x
+    assert len(cache) == 1 + CFG.num_layers  # the context, each block's cross-attention k, v
+
+
 def test_text_len_zero_pads_context_like_wan():
     cfg = DiTConfig(**{**CFG.__dict__, "text_len": 8})
     model = make(cfg)

@@ -127,6 +127,31 @@ def test_guidance_one_is_the_conditional_velocity_and_cfg_formula():
         guided_velocity(model, ctx, m, None, None, 4.0)
 
 
+@pytest.mark.parametrize("batch_cfg", [True, False])
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_sampling_a_dit_reuses_its_context_work_with_the_same_result(guidance, batch_cfg):
+    from kinetoscope.models.dit import DiT, DiTConfig
+
+    torch.manual_seed(0)
+    dit = DiT(DiTConfig(in_channels=4, out_channels=4, dim=32, ffn_dim=64, num_layers=2,
+                        num_heads=2, text_dim=16, freq_dim=32)).eval()  # fmt: skip
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # every path, cross-attention too, matters
+    ctx, m = torch.randn(1, 5, 16), torch.ones(1, 5, dtype=torch.bool)
+    null, nm = torch.randn(1, 2, 16), torch.ones(1, 2, dtype=torch.bool)
+    noise = torch.randn(1, 4, 3, 4, 4)
+    embedded = []
+    dit.text_embedding.register_forward_hook(lambda *a: embedded.append(1))
+    kw = dict(steps=5, guidance=guidance, batch_cfg=batch_cfg, progress=False)
+    cached = sample(dit, noise, ctx, m, null, nm, **kw)
+    passes = 1 if guidance == 1.0 or batch_cfg else 2
+    assert len(embedded) == passes  # once per context, not once per step
+    plain = sample(lambda *a: dit(*a), noise, ctx, m, null, nm, **kw)  # no `cache` to take
+    assert len(embedded) == passes + 5 * passes
+    torch.testing.assert_close(cached, plain, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("sampler", ["euler", "dpm++2m"])
 def test_known_frames_come_out_exactly_and_are_seen_clean(sampler):
     model = ContextModel()

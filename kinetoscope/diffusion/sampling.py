@@ -7,6 +7,7 @@ model, classifier-free guidance, frame conditions and SDEdit starts.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -104,6 +105,16 @@ def sample_fn(
     return x
 
 
+def with_context_cache(model) -> Callable:
+    """Returns `model` for calls that all share one context: a model whose forward takes
+    `cache` (the DiT) gets one dict for all of them, so the context's own work (text embedding,
+    cross-attention keys and values) is done once, not once per step."""
+    if "cache" not in inspect.signature(getattr(model, "forward", model)).parameters:
+        return model
+    cache = {}
+    return lambda x, t, context, mask: model(x, t, context, mask, cache=cache)
+
+
 def guided_velocity(
     model,
     context: Tensor,
@@ -120,6 +131,7 @@ def guided_velocity(
     length, padding masked out); guidance 1 skips the unconditional pass entirely.
     """
     if guidance == 1.0:
+        model = with_context_cache(model)
         return lambda x, t: model(x, t, context, context_mask)
     if null_context is None:
         raise ValueError(f"guidance {guidance} needs null_context (the encoded empty prompt)")
@@ -131,12 +143,6 @@ def guided_velocity(
     null_context = null_context.expand(B, -1, -1)
     null_mask = null_mask.expand(B, -1)
 
-    def uncond(x: Tensor, t: Tensor) -> Tensor:
-        return model(x, t, null_context, null_mask)
-
-    def cond(x: Tensor, t: Tensor) -> Tensor:
-        return model(x, t, context, context_mask)
-
     if batch_cfg:
         L = max(L, null_context.shape[1])
 
@@ -146,15 +152,17 @@ def guided_velocity(
 
         (c, m), (nc, nm) = pad(context, context_mask), pad(null_context, null_mask)
         both_context, both_mask = torch.cat([c, nc]), torch.cat([m, nm])  # [2B, L, D], [2B, L]
+        joint = with_context_cache(model)
 
         def both(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-            v = model(torch.cat([x, x]), torch.cat([t, t]), both_context, both_mask)
+            v = joint(torch.cat([x, x]), torch.cat([t, t]), both_context, both_mask)
             return v.chunk(2)
 
     else:
+        cond, uncond = with_context_cache(model), with_context_cache(model)
 
         def both(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-            return cond(x, t), uncond(x, t)
+            return cond(x, t, context, context_mask), uncond(x, t, null_context, null_mask)
 
     def velocity_fn(x: Tensor, t: Tensor) -> Tensor:
         v_c, v_u = (v.float() for v in both(x, t))

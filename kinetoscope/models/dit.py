@@ -107,12 +107,17 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,  # [B, L, D]; None = self-attention
         key_mask: torch.Tensor | None = None,  # [B, L] bool
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,  # cos, sin [N, head_dim/2]
+        cache: dict | None = None,  # cross-attention: keeps k, v of a context met before
     ) -> torch.Tensor:
-        kv = x if context is None else context
         heads = lambda z: z.unflatten(-1, (self.num_heads, -1))  # [B, *, h, d]
         q = heads(self.norm_q(self.q(x)))
-        k = heads(self.norm_k(self.k(kv)))
-        v = heads(self.v(kv))
+        if cache is not None and self in cache:
+            k, v = cache[self]
+        else:
+            kv = x if context is None else context
+            k, v = heads(self.norm_k(self.k(kv))), heads(self.v(kv))
+            if cache is not None:
+                cache[self] = k, v
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return self.o(attention(q, k, v, key_mask))  # [B, N, D]
@@ -136,7 +141,7 @@ class DiTBlock(nn.Module):
         # Learned per-block offset added to the shared timestep projection (6 vectors).
         self.modulation = nn.Parameter(torch.zeros(1, 6, d))
 
-    def forward(self, x, e, context, context_mask, rope):
+    def forward(self, x, e, context, context_mask, rope, cache=None):
         # x [B, N, D]; e [B, F, 6, D] (F = 1 or latent frames); context [B, L, D]
         mod = self.modulation.float().unsqueeze(0) + e  # [B, F, 6, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(dim=2)  # each [B, F, D]
@@ -144,7 +149,7 @@ class DiTBlock(nn.Module):
         h = modulate(self.norm1(x), shift1, scale1).type_as(x)
         x = gated_residual(x, self.self_attn(h, rope=rope), gate1)
 
-        x = x + self.cross_attn(self.norm3(x), context, context_mask).type_as(x)
+        x = x + self.cross_attn(self.norm3(x), context, context_mask, cache=cache).type_as(x)
 
         h = modulate(self.norm2(x), shift2, scale2).type_as(x)
         return gated_residual(x, self.ffn(h), gate2)
@@ -227,7 +232,12 @@ class DiT(nn.Module):
         t: torch.Tensor,  # [B] or [B, T] flow time in [0, 1]
         context: torch.Tensor,  # [B, L, text_dim]
         context_mask: torch.Tensor | None = None,  # [B, L] bool, True = real token
+        cache: dict | None = None,
     ) -> torch.Tensor:
+        """Returns the velocity. `cache`: a dict kept across calls that share one context (a
+        sampler's steps); the first call stores the embedded context and every block's
+        cross-attention keys and values in it, later calls reuse them (same numbers, less work).
+        """
         cfg = self.cfg
         b, c, frames, height, width = x.shape
         pt, ph, pw = cfg.patch_size
@@ -246,15 +256,20 @@ class DiT(nn.Module):
             e = self.time_embedding(freq.to(w.dtype)).float().unflatten(0, (b, -1))  # [B, F, D]
             e0 = self.time_projection(e.to(w.dtype)).float().unflatten(-1, (6, cfg.dim))
 
-        context, context_mask = self._pad_context(context, context_mask)
-        context = self.text_embedding(context.to(dtype))  # [B, L, D]
+        if cache is not None and self in cache:
+            context, context_mask = cache[self]
+        else:
+            context, context_mask = self._pad_context(context, context_mask)
+            context = self.text_embedding(context.to(dtype))  # [B, L, D]
+            if cache is not None:
+                cache[self] = context, context_mask
 
         rope = rope_freqs_3d(cfg.head_dim, grid, cfg.rope_theta, x.device)
         for block in self.blocks:
             if cfg.grad_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(block, x, e0, context, context_mask, rope, use_reentrant=False)
             else:
-                x = block(x, e0, context, context_mask, rope)
+                x = block(x, e0, context, context_mask, rope, cache)
 
         x = self.head(x, e)  # [B, N, pt*ph*pw*C]
         # Wan orders each token's outputs (pt, ph, pw, C): C varies fastest.
