@@ -195,7 +195,9 @@ def micro_dit(monkeypatch):
                                                           num_heads=2, text_dim=32))  # fmt: skip
 
 
-def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path, micro_dit):
+def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(
+    tmp_path, capsys, micro_dit
+):
     from kinetoscope.train.trainer import load_text_run
 
     text_run = tmp_path / "text"
@@ -231,6 +233,9 @@ def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path,
         torch.testing.assert_close(tensors["model"][f"text.{k}"], v, rtol=0, atol=1e-6)
     with pytest.raises(Exception, match="no text encoder"):
         load_text_run(dit_run)
+    other = [*args[:-1], "model.text=tiny", f"train.out={tmp_path / 'other'}"]
+    assert main(["train", "/dev/null", *other]) == 2  # another encoder: one line, no traceback
+    assert "do not fit this recipe's model.text=tiny" in capsys.readouterr().err
 
 
 def test_a_dit_run_fine_tunes_from_a_trained_model(tmp_path, capsys, micro_dit):

@@ -452,7 +452,8 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
     m = cfg.model
     if m.stage == "dit" and m.text_path and not ckpt:  # start from an encoder that reads
         reference = make()
-        reference.text.load_state_dict(load_text_run(m.text_path))
+        _load(reference.text, load_text_run(m.text_path), f"model.text_path {m.text_path}",
+              f"model.text={m.text}")  # fmt: skip
     if m.stage == "dit" and m.init_from and not ckpt:  # fine-tune a trained model
         from kinetoscope.pretrained import dit_text_weights
 
