@@ -101,11 +101,11 @@ class Video:
             frames = [f.to_ndarray(format="rgb24") for f in c.decode(st)]
             _check_count(p, st, len(frames))
             x = np.stack(frames)
-            size = _size_tag(c)
+            texts, size = _tags(c)
             if size and size[0] <= x.shape[2] and size[1] <= x.shape[1]:
                 x = x[:, : size[1], : size[0]]
             fps = _fps(c, st, len(frames), p)
-            meta = {"path": str(p), "codec": st.codec_context.name, **_texts(c)}
+            meta = {"path": str(p), "codec": st.codec_context.name, **texts}
         return cls(np.ascontiguousarray(x), fps, meta)
 
     def save(self, path: str | os.PathLike, bitrate: int | None = None) -> Path:
@@ -115,7 +115,8 @@ class Video:
         `path` only when complete; on failure the temp file is removed and `path` is untouched.
         bitrate: bits per second for mp4/webm; None means constant quality (crf).
         mp4: yuv420p needs even sizes, so odd sizes are padded with edge pixels and the true size
-        is written in the container's comment; `Video.read` crops back, other players show the pad.
+        is the first line of the container's comment (any metadata comment follows it);
+        `Video.read` crops back, other players show the pad.
         gif: one shared 256-colour palette (exact when the video has <= 256 colours); delays are
         whole centiseconds (total time rounded to 1/100 s), and readers slow fps above 50.
         """
@@ -226,9 +227,10 @@ def probe(path: str | os.PathLike) -> dict:
         cc = st.codec_context
         n = sum(1 for pkt in c.demux(st) if pkt.size)  # header counts are missing for gif/webm
         _check_count(p, st, n)
-        w, h = _size_tag(c) or (cc.width, cc.height)
+        texts, size = _tags(c)
+        w, h = size or (cc.width, cc.height)
         fps = _fps(c, st, n, p)
-        codec, texts = cc.name, _texts(c)
+        codec = cc.name
     return {
         "frames": n,
         "size": f"{w}x{h}",
@@ -287,23 +289,20 @@ def _check_count(p: Path, st, n: int) -> None:
         raise UserError(f"{p}: truncated: its header says {st.frames} frames, only {n} are there")
 
 
-def _texts(c) -> dict[str, str]:
-    """Returns the container's title and comment (the prompt and the expanded prompt of a
-    generated video), leaving out a comment that is our size tag."""
-    out = {}
+def _tags(c) -> tuple[dict[str, str], tuple[int, int] | None]:
+    """Returns the container's title and comment (a generated video's prompt and expanded
+    prompt) and, for an odd-sized mp4 written by `save`, its true size (the comment's first
+    line is then our size tag)."""
+    texts, size = {}, None
     for key, value in c.metadata.items():
         k = key.lower()
-        if k in ("title", "comment") and value and not value.startswith(_SIZE_TAG):
-            out[k] = value
-    return out
-
-
-def _size_tag(c) -> tuple[int, int] | None:
-    for key, value in c.metadata.items():
-        if key.lower() == "comment" and value.startswith(_SIZE_TAG):
-            w, h = value[len(_SIZE_TAG) :].split("x")
-            return int(w), int(h)
-    return None
+        if k == "comment" and value.startswith(_SIZE_TAG):
+            tag, _, value = value.partition("\n")
+            w, h = tag[len(_SIZE_TAG) :].split("x")
+            size = int(w), int(h)
+        if k in ("title", "comment") and value:
+            texts[k] = value
+    return texts, size
 
 
 def _fps(c, st, n: int, p: Path) -> float:
@@ -379,7 +378,8 @@ def _write(video: Video, path: str, ext: str, bitrate: int | None) -> None:
         h, w = frames.shape[1:3]
         if ext == ".mp4" and (w % 2 or h % 2):
             frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-            c.metadata["comment"] = f"{_SIZE_TAG}{w}x{h}"
+            comment = video.metadata.get("comment")  # kept after the tag's line
+            c.metadata["comment"] = f"{_SIZE_TAG}{w}x{h}" + (f"\n{comment}" if comment else "")
         if bitrate:
             options = {k: v for k, v in options.items() if k not in ("crf", "b")}
         rate = None if ext in IMAGE_EXTS else Fraction(fps).limit_denominator(1001)

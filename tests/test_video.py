@@ -175,6 +175,10 @@ def test_a_videos_prompt_travels_with_the_file_and_reads_back(tmp_path, make_vid
         assert got["title"] == "a red ball" and got["comment"].startswith("A small red ball")
     odd = Video(v.frames[:, :7, :5]).save(tmp_path / "odd.mp4")  # its comment is the size tag
     assert "comment" not in Video.read(odd).metadata and "comment" not in probe(odd)
+    odd = Video(v.frames[:, :7, :5], metadata=dict(v.metadata)).save(tmp_path / "odd2.mp4")
+    back = Video.read(odd)  # an odd size and a prompt: both come back
+    assert back.frames.shape[1:3] == (7, 5) and probe(odd)["size"] == "5x7"
+    assert back.metadata["comment"] == v.metadata["comment"] == probe(odd)["comment"]
 
 
 # ---- atomic writes ----
