@@ -85,6 +85,17 @@ def _read_weights(path: Path, device) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
 
 
+def _assign(module: torch.nn.Module, file: Path) -> None:
+    """Fills a meta-built module from a safetensors file, each tensor cast to the module's own
+    dtype (float32) as it is taken, so a model is never held twice (bf16 file + float32)."""
+    state, own = _read_weights(file, "cpu"), module.state_dict()
+    if state.keys() != own.keys() or any(state[k].shape != v.shape for k, v in own.items()):
+        raise UserError(f"{file}: its weights do not match the folder's config.json")
+    for k, v in own.items():
+        state[k] = state[k].to(v.dtype)
+    module.load_state_dict(state, strict=True, assign=True)
+
+
 def load_folder(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
     """Returns the Pipeline of a folder written by `save`."""
     from kinetoscope.models.dit import DiT, DiTConfig
@@ -97,18 +108,20 @@ def load_folder(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
         raise UserError(f"{path} was saved by a newer kinetoscope (format {cfg['version']})")
     if cfg["text"].get("kind") not in ("byte", "wan-umt5"):
         raise UserError(f"{path}: text encoder kind {cfg['text'].get('kind')!r} is not supported")
-    vae = VAE(_build(VAEConfig, cfg["vae"]))
-    dit = DiT(_build(DiTConfig, cfg["dit"]))
-    modules = [(vae, "vae"), (dit, "dit")]
+    with torch.device("meta"):  # no memory, no random init: the files fill them
+        vae = VAE(_build(VAEConfig, cfg["vae"]))
+        dit = DiT(_build(DiTConfig, cfg["dit"]))
+        modules = [(vae, "vae"), (dit, "dit")]
+        if cfg["text"]["kind"] == "byte":
+            text = ByteTextEncoder(_build(ByteTextConfig, cfg["text"]["config"]))
+            modules.append((text, "text"))
     if cfg["text"]["kind"] == "wan-umt5":  # Wan2.1's UMT5 in text/ (kinetoscope.interop.wan)
         from kinetoscope.interop.wan import load_text_folder
 
         text = load_text_folder(path, cfg["text"], None)
-    else:
-        text = ByteTextEncoder(_build(ByteTextConfig, cfg["text"]["config"]))
-        modules.append((text, "text"))
     for module, file in modules:
-        module.load_state_dict(_read_weights(path / f"{file}.safetensors", "cpu"))
+        _assign(module, path / f"{file}.safetensors")
+    vae.channels_last_()
     defaults = _build(PipelineDefaults, cfg.get("defaults", {}))
     name = cfg.get("name") or path.name
     return Pipeline(vae, dit, text, defaults, device, dtype, name=name)

@@ -111,6 +111,12 @@ def test_load_errors_are_user_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a model folder"):
         Pipeline.from_pretrained(tmp_path / "empty")
+    other = tiny_pipeline().save_pretrained(tmp_path / "other")  # weights of another config
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["dit"]["num_layers"] += 1
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="dit.safetensors: its weights do not match"):
+        Pipeline.from_pretrained(other)
     wan = tmp_path / "wan"
     wan.mkdir()
     (wan / "model_index.json").write_text("{}")

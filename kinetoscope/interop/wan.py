@@ -209,7 +209,7 @@ def load_dit(path: Path, layout: str, dtype: torch.dtype | None, device="cpu"):
 
 def load_vae(path: Path, layout: str, dtype: torch.dtype | None, device="cpu"):
     """Returns our VAE with Wan2.1's VAE weights; latent mean/std from the config or preset."""
-    from kinetoscope.models.vae import CL3D, VAE
+    from kinetoscope.models.vae import VAE
 
     if layout == "diffusers":
         folder = path / "vae"
@@ -235,11 +235,7 @@ def load_vae(path: Path, layout: str, dtype: torch.dtype | None, device="cpu"):
         state[name] = torch.tensor(values or (default,) * z, device=device).view(1, z, 1, 1, 1)
     with torch.device("meta"):
         vae = VAE(cfg)
-    assign(vae, state, "VAE", path)
-    for m in vae.modules():  # assign=True took the file's layout; ours runs channels-last
-        if isinstance(m, torch.nn.Conv3d):
-            m.weight.data = m.weight.data.contiguous(memory_format=CL3D)
-    return vae
+    return assign(vae, state, "VAE", path).channels_last_()  # assign took the file's layout
 
 
 def load_text(path: Path, layout: str, dtype: torch.dtype | None, device="cpu") -> WanT5:
