@@ -192,7 +192,8 @@ def sample(
 ) -> Tensor:
     """Returns sampled latents x0 [B, C, T, H, W] (fp32 or wider) from `noise` of that shape.
 
-    `model(x, t_frames, context, context_mask) -> v` as in the DiT contract. SDEdit: with
+    `model(x, t_frames, context, context_mask) -> v` as in the DiT contract (a model whose
+    forward also takes `cache` gets one per context: see `with_context_cache`). SDEdit: with
     `x_init` (clean latents) and `start_t` = s < 1, the input is noised to
     x_s = (1 - s) x_init + s noise and denoised from there; s = 0 returns x_init, s = 1 is plain
     sampling from `noise`.
