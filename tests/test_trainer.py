@@ -195,9 +195,7 @@ def micro_dit(monkeypatch):
                                                           num_heads=2, text_dim=32))  # fmt: skip
 
 
-def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(
-    tmp_path, capsys, micro_dit
-):
+def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path, capsys, micro_dit):
     from kinetoscope.train.trainer import load_text_run
 
     text_run = tmp_path / "text"
