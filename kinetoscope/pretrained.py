@@ -85,15 +85,14 @@ def _read_weights(path: Path, device) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
 
 
-def _assign(module: torch.nn.Module, file: Path) -> None:
-    """Fills a meta-built module from a safetensors file, each tensor cast to the module's own
-    dtype (float32) as it is taken, so a model is never held twice (bf16 file + float32)."""
+def _fill(module: torch.nn.Module, file: Path) -> None:
+    """Loads a safetensors file into a module built from the folder's config, with a one-line
+    error when the two do not match. (Built on `meta` and assigned instead, the bundled model
+    measured 97 MiB more resident memory after loading, so it is built normally.)"""
     state, own = _read_weights(file, "cpu"), module.state_dict()
     if state.keys() != own.keys() or any(state[k].shape != v.shape for k, v in own.items()):
         raise UserError(f"{file}: its weights do not match the folder's config.json")
-    for k, v in own.items():
-        state[k] = state[k].to(v.dtype)
-    module.load_state_dict(state, strict=True, assign=True)
+    module.load_state_dict(state)
 
 
 def load_folder(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
@@ -108,20 +107,18 @@ def load_folder(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
         raise UserError(f"{path} was saved by a newer kinetoscope (format {cfg['version']})")
     if cfg["text"].get("kind") not in ("byte", "wan-umt5"):
         raise UserError(f"{path}: text encoder kind {cfg['text'].get('kind')!r} is not supported")
-    with torch.device("meta"):  # no memory, no random init: the files fill them
-        vae = VAE(_build(VAEConfig, cfg["vae"]))
-        dit = DiT(_build(DiTConfig, cfg["dit"]))
-        modules = [(vae, "vae"), (dit, "dit")]
-        if cfg["text"]["kind"] == "byte":
-            text = ByteTextEncoder(_build(ByteTextConfig, cfg["text"]["config"]))
-            modules.append((text, "text"))
+    vae = VAE(_build(VAEConfig, cfg["vae"]))
+    dit = DiT(_build(DiTConfig, cfg["dit"]))
+    modules = [(vae, "vae"), (dit, "dit")]
     if cfg["text"]["kind"] == "wan-umt5":  # Wan2.1's UMT5 in text/ (kinetoscope.interop.wan)
         from kinetoscope.interop.wan import load_text_folder
 
         text = load_text_folder(path, cfg["text"], None)
+    else:
+        text = ByteTextEncoder(_build(ByteTextConfig, cfg["text"]["config"]))
+        modules.append((text, "text"))
     for module, file in modules:
-        _assign(module, path / f"{file}.safetensors")
-    vae.channels_last_()
+        _fill(module, path / f"{file}.safetensors")
     defaults = _build(PipelineDefaults, cfg.get("defaults", {}))
     name = cfg.get("name") or path.name
     return Pipeline(vae, dit, text, defaults, device, dtype, name=name)
