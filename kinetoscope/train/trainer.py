@@ -112,10 +112,9 @@ def load_frozen_vae(cfg: TrainConfig, device: torch.device) -> nn.Module:
 
 def _load(module: nn.Module, state: dict, source: str, preset: str) -> None:
     """load_state_dict, with a one-line UserError when the weights are another architecture."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError:
-        raise UserError(f"{source}: its weights do not fit this recipe's {preset}") from None
+    from kinetoscope.pretrained import load_weights
+
+    load_weights(module, state, f"{source}: its weights do not fit this recipe's {preset}")
 
 
 def load_text_run(path: str | Path) -> dict[str, torch.Tensor]:
