@@ -88,6 +88,15 @@ def dit_config(name: str, **overrides) -> DiTConfig:
     return replace(PRESETS[name], **overrides)
 
 
+def cached(cache: dict | None, key, compute):
+    """Returns compute(), kept in `cache` under `key` and reused from there (no cache: computed)."""
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
 class Attention(nn.Module):
     """Multi-head attention with RMSNorm over all heads' q and k (Wan's qk_norm); RoPE if given."""
 
@@ -111,13 +120,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         heads = lambda z: z.unflatten(-1, (self.num_heads, -1))  # [B, *, h, d]
         q = heads(self.norm_q(self.q(x)))
-        if cache is not None and self in cache:
-            k, v = cache[self]
-        else:
-            kv = x if context is None else context
-            k, v = heads(self.norm_k(self.k(kv))), heads(self.v(kv))
-            if cache is not None:
-                cache[self] = k, v
+        kv = x if context is None else context
+        k, v = cached(cache, self, lambda: (heads(self.norm_k(self.k(kv))), heads(self.v(kv))))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return self.o(attention(q, k, v, key_mask))  # [B, N, D]
@@ -256,13 +260,11 @@ class DiT(nn.Module):
             e = self.time_embedding(freq.to(w.dtype)).float().unflatten(0, (b, -1))  # [B, F, D]
             e0 = self.time_projection(e.to(w.dtype)).float().unflatten(-1, (6, cfg.dim))
 
-        if cache is not None and self in cache:
-            context, context_mask = cache[self]
-        else:
-            context, context_mask = self._pad_context(context, context_mask)
-            context = self.text_embedding(context.to(dtype))  # [B, L, D]
-            if cache is not None:
-                cache[self] = context, context_mask
+        def embed():
+            c, m = self._pad_context(context, context_mask)
+            return self.text_embedding(c.to(dtype)), m  # [B, L, D], [B, L]
+
+        context, context_mask = cached(cache, self, embed)
 
         rope = rope_freqs_3d(cfg.head_dim, grid, cfg.rope_theta, x.device)
         for block in self.blocks:
