@@ -106,6 +106,8 @@ def load_folder(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
         raise UserError(f"{path} was saved by a newer kinetoscope (format {cfg['version']})")
     if cfg["text"].get("kind") not in ("byte", "wan-umt5"):
         raise UserError(f"{path}: text encoder kind {cfg['text'].get('kind')!r} is not supported")
+    # Built normally, not on `meta` + assign: that left the bundled model at 390 MiB resident
+    # after loading against 293 MiB (measured), though it skips the random init.
     vae = VAE(_build(VAEConfig, cfg["vae"]))
     dit = DiT(_build(DiTConfig, cfg["dit"]))
     modules = [(vae, "vae"), (dit, "dit")]
