@@ -102,6 +102,33 @@ def test_full_disk_keeps_previous_checkpoint_and_stops(tmp_path, monkeypatch):
     assert state["step"] == 2 and tensors["model"]
 
 
+def test_a_vae_fine_tunes_its_decoder_and_keeps_its_latents(tmp_path, capsys):
+    """model.freeze_encoder: the decoder learns, the encoder and the latent normalisation stay
+    bit for bit, so a DiT trained on the old latents still fits the new VAE."""
+    first = ["train.steps=2", "train.sample_every=2", f"train.out={tmp_path / 'a'}"]
+    assert main(["train", "/dev/null", *MICRO, *first]) == 0
+    more = ["train.steps=2", "train.sample_every=2", "optim.lr=1e-2", "model.freeze_encoder=true",
+            f"model.init_from={tmp_path / 'a'}", f"train.out={tmp_path / 'b'}"]  # fmt: skip
+    assert main(["train", "/dev/null", *MICRO, *more]) == 0
+    a, b = (C.load_checkpoint(tmp_path / r)[0] for r in "ab")
+    start = {**a["model"], **a["ema"]}
+    assert not any(k.startswith(("encoder.", "quant_conv.")) for k in b["ema"])
+    for group in b.values():  # what vae_weights reads: the EMA over the raw weights
+        for k in ("latents_mean", "latents_std"):
+            assert torch.equal(group[k], start[k])
+    for k, v in b["model"].items():
+        if k.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(v, start[k]), k
+    assert not torch.equal(b["model"]["decoder.conv_out.weight"], start["decoder.conv_out.weight"])
+    assert list((tmp_path / "b" / "samples_000002").glob("recon_*.gif"))
+
+    capsys.readouterr()
+    alone = ["model.freeze_encoder=true", f"train.out={tmp_path / 'c'}"]
+    assert main(["train", "/dev/null", *MICRO, *alone]) == 2  # nothing to keep: refused
+    assert "set model.init_from" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_grad_accum_consumes_one_batch_per_micro_step(tmp_path):
     run = train(cfg_for(tmp_path, "train.steps=2", "optim.grad_accum=2", "train.ckpt_every=2"))
     assert [r["position"] for r in read_metrics(run)] == [2, 4]

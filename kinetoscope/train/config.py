@@ -36,9 +36,13 @@ class ModelConfig:
     # dit stage: the frozen VAE: a vae run or checkpoint, a pipeline folder, or "shapeworld-tiny"
     vae_path: str | None = None
     text_path: str | None = None  # dit stage: start the text encoder from this text-stage run
-    # dit stage: start the DiT and its text encoder from this model (fine-tuning): a pipeline
-    # folder, "shapeworld-tiny" or a dit run; its presets must be this recipe's
+    # Fine-tuning: start from this model instead of a fresh init; its presets must be this
+    # recipe's. dit stage: the DiT and text encoder of a pipeline folder, "shapeworld-tiny" or a
+    # dit run. vae stage: the VAE of any of those or of a vae run.
     init_from: str | None = None
+    # vae stage, with init_from: train the decoder only. The encoder (and so the latents and
+    # their normalisation) stays exactly as it was, so a DiT trained on them keeps working.
+    freeze_encoder: bool = False
 
 
 @dataclass
@@ -268,10 +272,13 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("vae", "dit", "text"):
         _check(bool(getattr(m, key)), f"model.{key} must name a preset, got ''")
     if m.init_from:
-        _check(m.stage == "dit", "model.init_from starts a dit run; unset it for model.stage")
+        _check(m.stage != "text", "model.init_from starts a dit or vae run, not a text run")
         _check(
             not m.text_path, "model.init_from brings its own text encoder: unset model.text_path"
         )
+    if m.freeze_encoder:
+        _check(m.stage == "vae", "model.freeze_encoder is for model.stage=vae")
+        _check(bool(m.init_from), "model.freeze_encoder needs a trained VAE: set model.init_from")
 
     _choice("data.source", d.source, ("shapeworld", "manifest"))
     if d.source == "manifest":

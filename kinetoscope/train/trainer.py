@@ -60,7 +60,11 @@ def make_model_fn(cfg: TrainConfig):
         if m.stage == "vae":
             from kinetoscope.models.vae import VAE
 
-            return VAE.from_preset(m.vae).inflate_()
+            vae = VAE.from_preset(m.vae).inflate_()
+            if m.freeze_encoder:  # latents fixed: the optimizer and the EMA see the decoder only
+                for part in (vae.encoder, vae.quant_conv):
+                    part.requires_grad_(False)
+            return vae
         from kinetoscope.models.dit import DiT
         from kinetoscope.models.text import ByteTextEncoder, byte_text_config
 
@@ -370,12 +374,12 @@ def _tensorboard(run_dir: Path):
 
 
 @torch.no_grad()
-def write_samples(cfg, model_fn, ema_state, batch, vae, out: Path, device) -> None:
+def write_samples(cfg, model_fn, weights, batch, vae, out: Path, device) -> None:
     """Writes a sample video with the EMA weights (dit) or reconstructions (vae) to `out`."""
     from kinetoscope.video import Video
 
     model = model_fn()
-    model.load_state_dict(ema_state, strict=False)  # EMA holds every trainable tensor
+    model.load_state_dict(weights)
     model.to(device).eval()
     ac = _autocast(cfg, device)
     if cfg.model.stage == "text":  # how well it reads captions of scenes it has not seen
@@ -453,6 +457,12 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         reference = make()
         _load(reference.text, load_text_run(m.text_path), f"model.text_path {m.text_path}",
               f"model.text={m.text}")  # fmt: skip
+    if m.stage == "vae" and m.init_from and not ckpt:  # fine-tune a trained VAE
+        from kinetoscope.pretrained import vae_weights
+
+        reference = make()
+        _load(reference, vae_weights(m.init_from), f"model.init_from {m.init_from}",
+              f"model.vae={m.vae}")  # fmt: skip
     if m.stage == "dit" and m.init_from and not ckpt:  # fine-tune a trained model
         from kinetoscope.pretrained import dit_text_weights
 
@@ -464,7 +474,7 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         make, info, cfg.dist.mode, t.grad_checkpoint, t.compile, tensors.get("model"), reference
     )
     decay, no_decay = [], []  # no weight decay on gains, biases and embeddings' norms
-    for p in model.parameters():
+    for p in filter(lambda p: p.requires_grad, model.parameters()):
         (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay}]
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=0.0)
@@ -550,11 +560,12 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         if done % t.ckpt_every == 0 or done == stop:
             _save(cfg, info, run, done, model, opt, ema, position)
         if done % t.sample_every == 0 or done == stop:
-            ema_state = ema.state_dict() if ema is not None else D.model_state(model)
+            weights = D.model_state(model)  # EMA over raw: a frozen part has no EMA
+            weights.update(ema.state_dict() if ema is not None else {})
             if info.is_main:
                 out = run / f"samples_{done:06d}"
                 out.mkdir(exist_ok=True)
-                write_samples(cfg, make, ema_state, batch, vae, out, dev)
+                write_samples(cfg, make, weights, batch, vae, out, dev)
             D.barrier()
     if bar is not None:
         bar.close()
@@ -579,7 +590,12 @@ def _save(cfg, info, run, step, model, opt, ema, position) -> None:
     error = None
     if info.is_main:
         if cfg.model.stage == "vae":  # store the latent normalisation with the weights
-            stats = latent_stats(cfg, tensors.get("ema", tensors["model"]))
+            raw = tensors["model"]  # a frozen encoder keeps the normalisation it came with
+            stats = (
+                (raw["latents_mean"], raw["latents_std"])
+                if cfg.model.freeze_encoder
+                else latent_stats(cfg, tensors.get("ema", raw))
+            )
             for group in tensors.values():
                 group["latents_mean"], group["latents_std"] = stats
         try:
