@@ -148,6 +148,9 @@ def build_parallel(
     if compile:
         for block in blocks:
             block.compile()
+    if strategy != "none":  # FSDP shards flat storage, DDP buckets flat grads: no channels-last
+        for p in model.parameters():
+            p.data = p.data.contiguous()
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
@@ -165,7 +168,8 @@ def build_parallel(
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        forward = DistributedDataParallel(model, device_ids=ids)
+        # The VAE's time layers sit out image batches: let DDP find the unused parameters.
+        forward = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
     return model, forward
 
 
