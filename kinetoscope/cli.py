@@ -491,13 +491,22 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.run(args)
+        code = args.run(args)
     except UserError as e:
         print(f"kinetoscope {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        code = EXIT_USAGE
     except KeyboardInterrupt:
         print(f"kinetoscope {args.command}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun rank leaves without interpreter shutdown: FSDP keeps references to the
+        # process group, so gloo's threads outlive destroy_process_group, and tearing them
+        # down at exit aborted 1 run in 16-60 ("terminate called without an active
+        # exception"), turning a finished run into a failure. Every file is written by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

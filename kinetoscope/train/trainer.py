@@ -569,6 +569,8 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
             D.barrier()
     if bar is not None:
         bar.close()
+    if writer is not None:
+        writer.close()
     if skipped and info.is_main:
         print(f"kinetoscope train: {len(skipped)} unreadable clips skipped, e.g. {skipped[0][1]}")
     D.barrier()  # every rank leaves together, so none tears down gloo under a busy peer
