@@ -49,3 +49,21 @@ def make_video():
 def small_mp4(tmp_path, make_video):
     """Returns the path of an 8-frame 64x48 8 fps mp4."""
     return make_video().save(tmp_path / "small.mp4")
+
+
+# The CLI exactly as `kinetoscope` runs it, with a ~60k-parameter VAE preset registered first,
+# so a real training process steps in well under a second on a busy CPU.
+MICRO_CLI = """import sys
+from kinetoscope.models import vae as V
+V.PRESETS["micro"] = V.VAEConfig(dim=8, dim_mult=(1, 1, 1, 1), z_dim=4)
+from kinetoscope.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def micro_cli(tmp_path):
+    """Returns a script running `kinetoscope` with the `micro` VAE preset (python or torchrun)."""
+    script = tmp_path / "micro_cli.py"
+    script.write_text(MICRO_CLI)
+    return script

@@ -149,31 +149,20 @@ def test_checkpoints_move_between_world_sizes(tmp_path):
     assert_same(two_then["model"], ref["model"])
 
 
-RANK_SCRIPT = """
-import sys
-from kinetoscope.models import vae as V
-V.PRESETS["micro"] = V.VAEConfig(dim=8, dim_mult=(1, 1, 1, 1), z_dim=4)
-from kinetoscope.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_torchrun_trains_the_vae_and_exits_cleanly(strategy, tmp_path):
+def test_torchrun_trains_the_vae_and_exits_cleanly(strategy, tmp_path, micro_cli):
     """`torchrun -m kinetoscope.cli train` end to end on 2 ranks: the VAE's channels-last
     kernels shard (FSDP), its time layers may sit out image batches (DDP), every rank exits 0
     and the run is written once."""
     import subprocess
     import sys
 
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
     overrides = ["model.stage=vae", "model.vae=micro", "data.buckets=[[1,16,16]]",
                  "data.image_share=1.0", "data.tokens_per_batch=2", "data.max_batch_size=2",
                  "data.num_workers=0", "optim.warmup=1", "train.steps=2", "train.sample_every=2",
                  f"dist.mode={strategy}", f"train.out={tmp_path / 'run'}"]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), "train", "/dev/null", *overrides]  # fmt: skip
+           str(micro_cli), "train", "/dev/null", *overrides]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

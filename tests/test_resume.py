@@ -14,12 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-# Registers a ~60k-parameter VAE preset, then runs the CLI exactly as `kinetoscope` would.
-LAUNCH = (
-    "import sys; from kinetoscope.models import vae as V; "
-    "V.PRESETS['micro'] = V.VAEConfig(dim=8, dim_mult=(1, 1, 1, 1), z_dim=4); "
-    "from kinetoscope.cli import main; sys.exit(main(sys.argv[1:]))"
-)
 STEPS = 10
 ARGS = [
     "model.stage=vae", "model.vae=micro", "data.buckets=[[5,16,16],[1,16,16]]",
@@ -29,8 +23,8 @@ ARGS = [
 ]  # fmt: skip
 
 
-def cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-c", LAUNCH, "train", os.devnull, *ARGS, f"train.out={out}", *extra]
+def cmd(cli: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(cli), "train", os.devnull, *ARGS, f"train.out={out}", *extra]
 
 
 def losses(run: Path) -> list[tuple[int, float]]:
@@ -44,10 +38,10 @@ def env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, micro_cli):
     ref, run = tmp_path / "ref", tmp_path / "run"
-    full = subprocess.Popen(cmd(ref), env=env(), stderr=subprocess.DEVNULL)
-    proc = subprocess.Popen(cmd(run), env=env(), stderr=subprocess.DEVNULL)
+    full = subprocess.Popen(cmd(micro_cli, ref), env=env(), stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd(micro_cli, run), env=env(), stderr=subprocess.DEVNULL)
     # Kill once a checkpoint exists and at least two more steps were logged after it.
     deadline = time.time() + 240
     killed_at = None
@@ -64,7 +58,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
         time.sleep(0.01)  # a micro step is short: poll often enough not to miss the window
     assert killed_at is not None, "the run finished or stalled before it could be killed"
     assert proc.returncode == -signal.SIGKILL
-    resumed = subprocess.run(cmd(run, "--resume"), env=env(), stderr=subprocess.PIPE, text=True)
+    again = cmd(micro_cli, run, "--resume")
+    resumed = subprocess.run(again, env=env(), stderr=subprocess.PIPE, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert full.wait(timeout=240) == 0
 
