@@ -122,6 +122,7 @@ def bench_generate(
             "seconds": round(video.duration, 3),
             "steps": steps or d.steps,
             "sampler": d.sampler,
+            "keyframe": d.keyframe,
         },  # fmt: skip
         "repeat": repeat,
         "median": {p: statistics.median(r[p] for r in runs) for p in PARTS},
@@ -189,7 +190,8 @@ def generate_table(result: dict) -> str:
     v, med, m = result["video"], result["median"], result["machine"]
     lines = [
         f"{result['model']}: {v['width']}x{v['height']}, {v['frames']} frames "
-        f"({v['seconds']:g} s at {v['fps']:g} fps), {v['steps']} steps {v['sampler']}; "
+        f"({v['seconds']:g} s at {v['fps']:g} fps), {v['steps']} steps {v['sampler']}"
+        f"{', keyframe first' if v.get('keyframe') else ''}; "
         f"median of {result['repeat']} after 1 warm-up",
         f"{'part':<12}{'seconds':>9}{'share':>8}",
     ]

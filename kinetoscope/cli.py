@@ -40,6 +40,12 @@ def _opt(p: argparse.ArgumentParser, *names: str) -> None:
             help="'shapeworld-tiny' (bundled), a trained folder, or a Wan2.1 folder",
         ),
         "device": dict(flags=["--device"], default=None, help="cpu, cuda, cuda:1 (default: best)"),
+        "keyframe": dict(
+            flags=["--keyframe"],
+            action=argparse.BooleanOptionalAction,
+            help="text to video: make frame 0 first, as an image, then the video from it "
+            "(default: the model's)",
+        ),
     }
     for name in names:
         s = dict(spec[name])
@@ -47,6 +53,18 @@ def _opt(p: argparse.ArgumentParser, *names: str) -> None:
 
 
 GEN = ("out", "seed", "size", "seconds", "frames", "fps", "steps", "guidance", "model", "device")
+
+
+def _pipeline(args: argparse.Namespace):
+    """Returns the pipeline of --model on --device, with --keyframe applied when given."""
+    from dataclasses import replace
+
+    from kinetoscope.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    if getattr(args, "keyframe", None) is not None:
+        pipe.defaults = replace(pipe.defaults, keyframe=args.keyframe)
+    return pipe
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -155,14 +173,14 @@ def _run_capability(args: argparse.Namespace, make, default_out: str, image: boo
     """Checks arguments, reads inputs, loads the model, runs `make(pipe, inputs)`, saves."""
     import warnings
 
-    from kinetoscope.pipeline import Notice, Pipeline
+    from kinetoscope.pipeline import Notice
     from kinetoscope.video import Video
 
     out = _out(args, default_out, image)
     _check_args(args)
     inputs = [Video.read(getattr(args, k)) for k in ("image", "video", "video_a", "video_b")
               if getattr(args, k, None)]  # fmt: skip
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    pipe = _pipeline(args)
     with warnings.catch_warnings():
         warnings.simplefilter("always", Notice)
         show = warnings.showwarning
@@ -295,7 +313,6 @@ def _write_json(path, result: dict) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from kinetoscope import evaluate
-    from kinetoscope.pipeline import Pipeline
     from kinetoscope.pretrained import load_vae_run
 
     _check_args(args)
@@ -313,7 +330,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate.eval_vae(vae, args.count or 64, args.seed)
         result["model"] = name
         return _print_result(evaluate.vae_table(result), result, args.json)
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    pipe = _pipeline(args)
     if args.what == "adherence":
         result = evaluate.eval_adherence(pipe, prompts, expand=not args.no_expand,
                                          seed=args.seed, steps=args.steps,
@@ -343,7 +360,6 @@ def _print_result(table: str, result: dict, json_path) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from kinetoscope import bench
-    from kinetoscope.pipeline import Pipeline
 
     _check_args(args)
     _check_json(args.json)
@@ -358,7 +374,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(bench.machine_line(result["machine"]))
     else:
         out = _out(args, "") if args.out else None
-        pipe = Pipeline.from_pretrained(args.model, device=args.device)
+        pipe = _pipeline(args)
         result = bench.bench_generate(
             pipe, args.prompt, args.seconds, args.frames, args.size, args.steps, args.guidance,
             args.fps, args.seed, not args.no_expand, args.repeat,
@@ -385,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     no_expand = dict(action="store_true", help="give the model the prompt as written")
-    p = add("generate", "generate a video from a text prompt", cmd_generate, *GEN)
+    p = add("generate", "generate a video from a text prompt", cmd_generate, *GEN, "keyframe")
     p.add_argument("prompt")
     p.add_argument("--no-expand", **no_expand)
     p = add("image", "generate a single image from a text prompt", cmd_image, *GEN)
@@ -410,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 regenerates")
     p.add_argument("--no-expand", **no_expand)
-    p = add("loop", "make a video whose end flows into its start", cmd_loop, *GEN)
+    p = add("loop", "make a video whose end flows into its start", cmd_loop, *GEN, "keyframe")
     p.add_argument("prompt")
     p.add_argument("--video", help="loop this video (default: generate --seconds of video)")
     p.add_argument("--transition", type=float, help="seconds of the transition (default 2)")
@@ -449,14 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.latent_cache=DIR")
     p.add_argument("--samples", type=int, default=4096, help="clips and images to encode")
     p = add("eval", "measure a model (adherence, reconstruction)", cmd_eval,
-            "model", "device", "seed", "steps", "guidance")  # fmt: skip
+            "model", "device", "seed", "steps", "guidance", "keyframe")  # fmt: skip
     p.add_argument("what", choices=["adherence", "vae"],
                    help="vae also takes a VAE training run as --model")  # fmt: skip
     p.add_argument("--prompts", default="heldout", help="heldout, short, or a file, one a line")
     p.add_argument("--count", type=int, help="first N prompts (default all) / clips (64)")
     p.add_argument("--no-expand", **no_expand)
     p.add_argument("--json", help="write the full results (per-prompt scores too) to this file")
-    p = add("bench", "time a job on this machine", cmd_bench, *GEN)
+    p = add("bench", "time a job on this machine", cmd_bench, *GEN, "keyframe")
     p.add_argument("what", choices=["generate", "render"])
     p.add_argument("--repeat", type=int, default=3, help="timed runs after 1 warm-up (default 3)")
     p.add_argument("--prompt", default="a red ball bouncing in the snow", help="prompt timed")

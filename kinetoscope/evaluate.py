@@ -86,6 +86,7 @@ def eval_adherence(
         "count": len(prompts),
         "steps": steps or d.steps,
         "guidance": d.guidance if guidance is None else guidance,
+        "keyframe": d.keyframe,
         "size": [video.width, video.height],
         "frames": video.num_frames,
         "fps": video.fps,

@@ -9,6 +9,10 @@ the causal VAE and its new frames are handed on at once, so memory stays flat in
 
 An optional known `suffix` (latent frames that must close the video) makes the last window a
 connection: extend backward and connect end on it.
+
+With the model default `keyframe`, a video made from nothing starts with latent frame 0 sampled
+alone, as an image, and the first window is conditioned on it (Emu Video's factorisation: the
+model commits to what is in the scene before it has to make it move).
 """
 
 from __future__ import annotations
@@ -89,8 +93,13 @@ def roll(
     buf = prefix  # the last pixel frames so far: the next window's known prefix
     remaining = n_new
     bar = tqdm(total=n_new, desc="latent frames", unit="frame", disable=not progress, leave=False)
+    known = None
+    if d.keyframe and prefix is None and m == 0 and n_new > 1:  # frame 0 alone, as an image
+        known = pipe.sample_latents(prompt, (1, height, width), generator,
+                                    steps=steps, guidance=guidance)  # fmt: skip
+        remaining -= 1
     while remaining > 0:
-        known = None
+        own = known is not None  # the keyframe: known to the first window, and new, so yielded
         if buf is not None:
             buf = buf[len(buf) - known_frames(len(buf), overlap, tf) :]
             known = pipe.encode_frames(buf)  # [1, C, k, h, w]
@@ -109,13 +118,14 @@ def roll(
         for i, x in enumerate(pipe.decode_chunks(z)):  # causal: stop once the new frames are out
             if i >= k + n:
                 break
-            if i >= k:
+            if i >= k or own:
                 new.append(x)
                 yield x
         frames = np.concatenate(new)
         buf = frames if buf is None else np.concatenate([buf, frames])
         remaining -= n
-        bar.update(n)
+        bar.update(n + own)
+        known = None
     bar.close()
 
 

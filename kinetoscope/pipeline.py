@@ -65,6 +65,9 @@ class PipelineDefaults:
     transition: float = 2.0  # seconds of a connect / loop transition
     refine_strength: float = 0.55  # SDEdit strength of the refining pass of large images
     refine_tile: int = 16  # latent cells per side of a DiT tile in that pass
+    # Text to video in two steps (Emu Video's factorisation): latent frame 0 first, sampled
+    # alone as an image, then the first window with it as a known frame.
+    keyframe: bool = False
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

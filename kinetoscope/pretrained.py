@@ -293,6 +293,8 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
         window=window,
         overlap=min(3, (window - 1) // 2),
         shift=cfg.train.shift,  # sample with the times it trained on
+        # A model trained to animate a given first frame makes text to video in two steps.
+        keyframe=cfg.train.conditions.get("first_frame", 0.0) > 0,
     )
     return Pipeline(vae, dit, text, defaults, device, dtype, name=f"{path.name}@{ckpt.name}")
 

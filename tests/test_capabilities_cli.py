@@ -3,6 +3,7 @@ input refused with exit 2, one line on stderr and no output file."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -41,6 +42,17 @@ def test_generate_writes_the_video_and_prints_the_expanded_prompt(capsys, tmp_pa
     assert (v.num_frames, v.width, v.height) == (9, 32, 32)
     expanded = stdout.splitlines()[0]
     assert expanded.startswith("prompt: ") and len(expanded) > len("prompt: a red ball")
+
+
+def test_keyframe_flag_reaches_the_pipeline(capsys, tmp_path, model):
+    common = ("a ball", "--model", model, "--steps", "2", "--no-expand", "--frames", "9")
+    for flag in ("--keyframe", "--no-keyframe"):
+        assert run(capsys, "generate", *common, flag, "--out", tmp_path / f"{flag}.mp4")[0] == 0
+    on, off = (Video.read(tmp_path / f"{f}.mp4").frames for f in ("--keyframe", "--no-keyframe"))
+    assert on.shape == off.shape and not np.array_equal(on, off)
+    rc, _, _ = run(capsys, "eval", "adherence", "--model", model, "--steps", "1", "--count", "1",
+                   "--prompts", "short", "--keyframe", "--json", tmp_path / "e.json")  # fmt: skip
+    assert rc == 0 and json.loads((tmp_path / "e.json").read_text())["keyframe"] is True
 
 
 def test_rounding_is_noticed_on_stderr(capsys, tmp_path, model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -215,6 +216,23 @@ def test_long_video_runs_in_windows_and_streams_to_file(pipe, tmp_path, monkeypa
     with av.open(str(out)) as c:
         assert c.metadata["title"] == "a ball"
     assert gen(pipe, frames=25).num_frames == 25
+
+
+def test_keyframe_first_video_starts_with_the_prompts_image(pipe, monkeypatch):
+    calls = []
+    sample = pipe.sample_latents
+    monkeypatch.setattr(pipe, "sample_latents", lambda p, size, *a, **k: (
+        calls.append(size[0]), sample(p, size, *a, **k))[1])  # fmt: skip
+    monkeypatch.setattr(pipe, "defaults", replace(pipe.defaults, keyframe=True))
+    v = gen(pipe, frames=25, seed=4)
+    # 7 latents: frame 0 alone, then windows of 3 with 1 known: 2 new each.
+    assert calls == [1, 3, 3, 3]
+    assert v.num_frames == 25
+    image = pipe.image("a red ball bouncing in the snow", seed=4, expand=False, progress=False)
+    assert np.abs(v.frames[0].astype(int) - image.frames[0].astype(int)).max() <= 1
+    assert np.array_equal(v.frames, gen(pipe, frames=25, seed=4).frames)  # still seeded
+    calls.clear()
+    assert gen(pipe, frames=1).num_frames == 1 and calls == [1]  # an image is not made twice
 
 
 def test_too_long_or_empty_durations_are_refused(pipe):
