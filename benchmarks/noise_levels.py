@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kinetoscope.evaluate import _accuracies
+from kinetoscope.evaluate import summarise
 from kinetoscope.pipeline import Notice, Pipeline
 from kinetoscope.video import Video
 from kinetoscope.world.captions import caption
@@ -52,8 +52,7 @@ def measure(pipe, runs: int, strengths: list[float], seed: int = 0) -> dict:
                 v = pipe.edit(Video(clip, fps=d.fps), caption(scene, "detailed", seed=i),
                               strength=s, seed=i, expand=False, progress=False)  # fmt: skip
             scores.append(score(v, caption(scene, "short", seed=i)))
-        out[s] = {"attributes": _accuracies(scores),
-                  "overall": float(np.mean([x["overall"] for x in scores]))}  # fmt: skip
+        out[s] = summarise(scores)
     return out
 
 

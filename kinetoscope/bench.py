@@ -191,7 +191,7 @@ def generate_table(result: dict) -> str:
     lines = [
         f"{result['model']}: {v['width']}x{v['height']}, {v['frames']} frames "
         f"({v['seconds']:g} s at {v['fps']:g} fps), {v['steps']} steps {v['sampler']}"
-        f"{', keyframe first' if v.get('keyframe') else ''}; "
+        f"{', keyframe first' if v['keyframe'] else ''}; "
         f"median of {result['repeat']} after 1 warm-up",
         f"{'part':<12}{'seconds':>9}{'share':>8}",
     ]

@@ -90,20 +90,20 @@ def eval_adherence(
         "size": [video.width, video.height],
         "frames": video.num_frames,
         "fps": video.fps,
-        "attributes": _accuracies([p["scores"] for p in per_prompt]),
-        "overall": float(np.mean([p["scores"]["overall"] for p in per_prompt])),
+        **summarise([p["scores"] for p in per_prompt]),
         "wall_seconds": round(time.perf_counter() - start, 2),
         "per_prompt": per_prompt,
     }
 
 
-def _accuracies(scores: list[dict]) -> dict:
-    """Returns {attribute: {"accuracy": mean agreement or None, "n": prompts stating it}}."""
-    out = {}
+def summarise(scores: list[dict]) -> dict:
+    """Returns {"attributes": {attribute: {"accuracy": mean agreement or None, "n": prompts
+    stating it}}, "overall": mean of the overall scores} of the judge's per-video `scores`."""
+    attributes = {}
     for key in ATTRIBUTES:
         vals = [s[key] for s in scores if key in s]
-        out[key] = {"accuracy": float(np.mean(vals)) if vals else None, "n": len(vals)}
-    return out
+        attributes[key] = {"accuracy": float(np.mean(vals)) if vals else None, "n": len(vals)}
+    return {"attributes": attributes, "overall": float(np.mean([s["overall"] for s in scores]))}
 
 
 def adherence_table(result: dict) -> str:
