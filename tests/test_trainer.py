@@ -192,6 +192,18 @@ def test_trains_on_a_manifest_of_real_files_skipping_broken_ones(tmp_path, capsy
     assert "1 clips skipped" in capsys.readouterr().out  # counted and reported, not raised
 
 
+def test_a_batch_of_only_unreadable_clips_is_passed_over_and_counted_in_the_position():
+    from kinetoscope.train.trainer import _readable
+
+    bad = ("a.mp4", "moov atom not found")
+    stream = [{"video": 1, "skipped": []}, {"video": None, "skipped": [bad]},
+              {"video": None, "skipped": [bad]}, {"video": 2, "skipped": [bad]}]  # fmt: skip
+    skipped = []
+    got = [(read, b["video"]) for read, b in _readable(iter(stream), skipped)]
+    # Batch 2 is trained on after 3 batches read: the position saved after it is 4, not 2.
+    assert got == [(1, 1), (3, 2)] and skipped == [bad] * 3
+
+
 def test_stop_at_ends_a_phase_with_a_checkpoint_and_resume_finishes_the_schedule(tmp_path):
     cfg = cfg_for(tmp_path, "train.steps=4", "train.ckpt_every=1000", "train.stop_at=2")
     run = train(cfg)

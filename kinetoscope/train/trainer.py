@@ -230,17 +230,22 @@ def batches(cfg: TrainConfig, info: D.DistInfo, start: int):
 
 
 def _readable(stream, skipped: list):
-    """Yields the batches that hold video, adding each unreadable clip to `skipped`.
+    """Yields (batches read, batch) for each batch that holds video; unreadable clips go to
+    `skipped`.
 
     A long run never stops on one broken file: its clip is dropped from the batch, and a batch
-    whose every clip failed is passed over. The data position counts batches trained on, so
-    after such a batch a resumed run starts one batch early (it sees one batch twice).
+    whose every clip failed is passed over. The count includes the batches passed over, so the
+    data position saved with a checkpoint is where the stream really is and a resumed run goes
+    on from the next batch.
     """
+    read = 0
     for batch in stream:
+        read += 1
         skipped.extend(batch.get("skipped", ()))
         if "video" in batch and batch["video"] is None:
             continue
-        yield batch
+        yield read, batch
+        read = 0
 
 
 # ---- the loss of one micro-batch -----------------------------------------------------------
@@ -527,7 +532,8 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
             group["lr"] = lr
         total = 0.0
         for micro in range(o.grad_accum):
-            batch = next(data)
+            read, batch = next(data)
+            position += read - 1  # batches passed over (every clip unreadable)
             g = step_generator(cfg, position, info.rank)
             position += 1
             with D.no_grad_sync(forward, micro == o.grad_accum - 1), _autocast(cfg, dev):
