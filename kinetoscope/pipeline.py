@@ -68,6 +68,9 @@ class PipelineDefaults:
     # Text to video in two steps (Emu Video's factorisation): latent frame 0 first, sampled
     # alone as an image, then the first window with it as a known frame.
     keyframe: bool = False
+    # Guidance drops the known frames with the text (see sampling.frames_dropped): the new
+    # frames follow the given ones harder (extend, connect, animate, long-video windows).
+    guide_frames: bool = False
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -299,7 +302,8 @@ class Pipeline:
                 guidance=self.defaults.guidance if guidance is None else guidance,
                 shift=self.shift_for(t, h, w), sampler=self.defaults.sampler,
                 cond=None if cond is None else cond.to(self.device),
-                start_t=start_t, x_init=x_init, progress=progress,
+                start_t=start_t, x_init=x_init, guide_frames=self.defaults.guide_frames,
+                progress=progress,
             )  # fmt: skip
         return z.float()
 

@@ -181,6 +181,37 @@ def test_known_frames_come_out_exactly_and_are_seen_clean(sampler):
         assert (t[:, [0, 4]] == 0).all() and (t[:, 1:4] > 0).all()
 
 
+class FrameMixingModel(ContextModel):
+    """ContextModel whose velocity also sees the mean over frames (known frames matter)."""
+
+    def forward(self, x, t, context, mask):
+        return super().forward(x, t, context, mask) + 0.3 * x.mean(2, keepdim=True)
+
+
+def test_guide_frames_drops_the_known_frames_from_the_unconditional_pass_only():
+    model = FrameMixingModel()
+    ctx, m = text(1, 5, 1)
+    null, nm = text(1, 2, 2)
+    known = torch.randn(1, 3, 2, 2, 2)
+    cond = FrameCondition.prefix(known, 5)
+    noise = make_noise((1, 3, 5, 2, 2), 0)
+    kw = dict(steps=4, guidance=3.0, cond=cond, progress=False)
+    out = sample(model, noise, ctx, m, null, nm, guide_frames=True, **kw)
+    assert torch.equal(out[:, :, :2], known)  # still given back exactly
+    ts = timesteps(4)
+    for (x, t), step_t in zip(model.calls, ts.tolist()):
+        (xc, xu), (tc, tu) = x.chunk(2), t.chunk(2)
+        assert torch.equal(xc[:, :, :2], known) and (tc[:, :2] == 0).all()  # as without it
+        assert torch.allclose(tu, torch.full_like(tu, step_t))  # every frame at the step's t
+        noised = (1 - step_t) * known + step_t * noise[:, :, :2]
+        torch.testing.assert_close(xu[:, :, :2], noised)  # known frames noised as in training
+        assert torch.equal(xu[:, :, 2:], xc[:, :, 2:])  # the new frames: the same input
+    model.calls.clear()
+    plain = sample(model, noise, ctx, m, null, nm, **kw)
+    assert not torch.allclose(out[:, :, 2:], plain[:, :, 2:])  # it changes what is made
+    assert torch.equal(sample(model, noise, ctx, m, null, nm, guide_frames=True, **kw), out)
+
+
 def test_seeded_noise_and_sampling_are_reproducible():
     a, b = make_noise((1, 3, 2, 4, 4), 7), make_noise((1, 3, 2, 4, 4), 7)
     assert torch.equal(a, b) and not torch.equal(a, make_noise((1, 3, 2, 4, 4), 8))

@@ -123,12 +123,15 @@ def guided_velocity(
     null_mask: Tensor | None = None,
     guidance: float = 1.0,
     batch_cfg: bool = True,
+    uncond_input: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> VelocityFn:
     """Returns velocity_fn(x, t_frames) with classifier-free guidance v_u + g (v_c - v_u).
 
     context [B, L, D], null_context [B or 1, L0, D] (the encoded ""). With `batch_cfg`, the
     conditional and unconditional passes share one forward of batch 2B (contexts padded to one
     length, padding masked out); guidance 1 skips the unconditional pass entirely.
+    `uncond_input(x, t) -> (x, t)` gives the unconditional pass its own input (see
+    `frames_dropped`); by default it sees the same x and t as the conditional one.
     """
     if guidance == 1.0:
         model = with_context_cache(model)
@@ -154,21 +157,42 @@ def guided_velocity(
         both_context, both_mask = torch.cat([c, nc]), torch.cat([m, nm])  # [2B, L, D], [2B, L]
         joint = with_context_cache(model)
 
-        def both(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-            v = joint(torch.cat([x, x]), torch.cat([t, t]), both_context, both_mask)
+        def both(x: Tensor, t: Tensor, xu: Tensor, tu: Tensor) -> tuple[Tensor, Tensor]:
+            v = joint(torch.cat([x, xu]), torch.cat([t, tu]), both_context, both_mask)
             return v.chunk(2)
 
     else:
         cond, uncond = with_context_cache(model), with_context_cache(model)
 
-        def both(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-            return cond(x, t, context, context_mask), uncond(x, t, null_context, null_mask)
+        def both(x: Tensor, t: Tensor, xu: Tensor, tu: Tensor) -> tuple[Tensor, Tensor]:
+            return cond(x, t, context, context_mask), uncond(xu, tu, null_context, null_mask)
 
     def velocity_fn(x: Tensor, t: Tensor) -> Tensor:
-        v_c, v_u = (v.float() for v in both(x, t))
+        xu, tu = (x, t) if uncond_input is None else uncond_input(x, t)
+        v_c, v_u = (v.float() for v in both(x, t, xu, tu))
         return v_u + guidance * (v_c - v_u)
 
     return velocity_fn
+
+
+def frames_dropped(cond: FrameCondition, noise: Tensor) -> Callable:
+    """Returns uncond_input(x, t_frames) for guidance that drops the known frames with the text.
+
+    The unconditional pass then sees every frame at the step's time t, the known ones noised
+    as training noises them, x_t = (1 - t) latents + t noise (with the sampler's own noise), as
+    in training's unconditioned clips; guidance then pushes the new frames toward what both the
+    text and the known frames imply (Stable Video Diffusion drops its frame condition with the
+    text the same way).
+    """
+    known = cond.mask.to(noise.device)[:, None, :, None, None]  # [B, 1, T, 1, 1]
+
+    def uncond_input(x: Tensor, t_frames: Tensor) -> tuple[Tensor, Tensor]:
+        t = t_frames.amax(dim=1, keepdim=True).expand_as(t_frames)  # the unknown frames' time
+        s = t[:, None, :, None, None].to(x)
+        noised = (1 - s) * cond.latents.to(x) + s * noise.to(x)
+        return torch.where(known, noised, x), t
+
+    return uncond_input
 
 
 @torch.no_grad()
@@ -188,6 +212,7 @@ def sample(
     start_t: float = 1.0,
     x_init: Tensor | None = None,
     batch_cfg: bool = True,
+    guide_frames: bool = False,
     progress: bool = True,
 ) -> Tensor:
     """Returns sampled latents x0 [B, C, T, H, W] (fp32 or wider) from `noise` of that shape.
@@ -196,7 +221,8 @@ def sample(
     forward also takes `cache` gets one per context: see `with_context_cache`). SDEdit: with
     `x_init` (clean latents) and `start_t` = s < 1, the input is noised to
     x_s = (1 - s) x_init + s noise and denoised from there; s = 0 returns x_init, s = 1 is plain
-    sampling from `noise`.
+    sampling from `noise`. `guide_frames`: the unconditional pass drops `cond`'s known frames
+    too (`frames_dropped`), so guidance strengthens them as it strengthens the text.
     """
     if start_t < 1.0 and x_init is None:
         raise ValueError(f"start_t={start_t} < 1 needs x_init (the latents to edit)")
@@ -205,8 +231,9 @@ def sample(
         if x_init.shape != noise.shape:
             raise ValueError(f"x_init {tuple(x_init.shape)} must match noise {tuple(noise.shape)}")
         x = (1 - start_t) * x_init.to(x) + start_t * x
+    drop = frames_dropped(cond, noise) if guide_frames and cond is not None else None
     velocity_fn = guided_velocity(
-        model, context, context_mask, null_context, null_mask, guidance, batch_cfg
+        model, context, context_mask, null_context, null_mask, guidance, batch_cfg, drop
     )
     ts = timesteps(steps, shift, start_t)
     return sample_fn(velocity_fn, x, ts, sampler=sampler, cond=cond, progress=progress)
