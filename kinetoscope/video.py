@@ -99,7 +99,7 @@ class Video:
             st = _video_stream(c, p)
             st.thread_type = "AUTO"
             frames = [f.to_ndarray(format="rgb24") for f in c.decode(st)]
-            _check_count(p, st, len(frames))
+            _check_count(p, c, st, len(frames))
             x = np.stack(frames)
             texts, size = _tags(c)
             if size and size[0] <= x.shape[2] and size[1] <= x.shape[1]:
@@ -226,7 +226,7 @@ def probe(path: str | os.PathLike) -> dict:
         st = _video_stream(c, p)
         cc = st.codec_context
         n = sum(1 for pkt in c.demux(st) if pkt.size)  # header counts are missing for gif/webm
-        _check_count(p, st, n)
+        _check_count(p, c, st, n)
         texts, size = _tags(c)
         w, h = size or (cc.width, cc.height)
         fps = _fps(c, st, n, p)
@@ -280,13 +280,26 @@ def _video_stream(c, p: Path):
     return c.streams.video[0]
 
 
-def _check_count(p: Path, st, n: int) -> None:
+def _check_count(p: Path, c, st, n: int) -> None:
+    """Raises UserError for a file with no frames or fewer than its header promises."""
     if n == 0:
         raise UserError(f"{p}: contains no frames")
-    # mp4 headers count frames (a cut faststart file still opens); webm and gif cannot tell.
-    # The slack of 2: edit lists may drop a frame or two of a valid file's count.
+    # mp4 headers count frames (a cut faststart file still opens); webm headers give the
+    # duration; a gif ends with a trailer byte, which a cut file lacks.
+    # The slack of 2 frames: edit lists may drop a frame or two of a valid file's count.
     if st.frames and n < st.frames - 2:
         raise UserError(f"{p}: truncated: its header says {st.frames} frames, only {n} are there")
+    rate = st.average_rate
+    if c.format.name.startswith("matroska") and c.duration and rate:
+        seconds = c.duration / 1e6
+        if n < seconds * float(rate) - 2:
+            raise UserError(f"{p}: truncated: its header says {seconds:.2f} s, only {n} frames "
+                            f"at {float(rate):g} fps are there")  # fmt: skip
+    if c.format.name == "gif":
+        with open(p, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\x3b":
+                raise UserError(f"{p}: truncated: the gif ends before its trailer")
 
 
 def _tags(c) -> tuple[dict[str, str], tuple[int, int] | None]:

@@ -119,6 +119,11 @@ def _truncated_faststart_mp4(tmp_path, make_video):
     return _write(tmp_path / "cut.mp4", data[: len(data) // 2])
 
 
+def _cut(tmp_path, make_video, ext):
+    data = make_video(t=16).save(tmp_path / f"full{ext}").read_bytes()
+    return _write(tmp_path / f"cut{ext}", data[: len(data) // 2])
+
+
 def _zero_frames(tmp_path, ext, codec):
     with av.open(str(tmp_path / f"zero{ext}"), "w") as c:
         st = c.add_stream(codec, rate=8)
@@ -139,6 +144,8 @@ BAD_FILES = {
     "random bytes": (lambda d, mv: _write(d / "r.mp4", os.urandom(4000)), "cannot"),
     "truncated mp4": (_truncated_mp4, "cannot"),
     "truncated faststart mp4": (_truncated_faststart_mp4, "truncated"),
+    "truncated webm": (lambda d, mv: _cut(d, mv, ".webm"), "truncated"),
+    "truncated gif": (lambda d, mv: _cut(d, mv, ".gif"), "truncated"),
     "zero frames mp4": (lambda d, mv: _zero_frames(d, ".mp4", "libx264"), "no video stream"),
     "zero frames webm": (lambda d, mv: _zero_frames(d, ".webm", "libvpx-vp9"), "no frames"),
     "bad extension": (lambda d, mv: _write(d / "a.txt", b"hi"), "extension"),
