@@ -46,6 +46,12 @@ def _opt(p: argparse.ArgumentParser, *names: str) -> None:
             help="text to video: make frame 0 first, as an image, then the video from it "
             "(default: the model's)",
         ),
+        "guide_frames": dict(
+            flags=["--guide-frames"],
+            action=argparse.BooleanOptionalAction,
+            help="guidance strengthens the frames a video continues from, as it does the text "
+            "(windows with 2+ known latent frames; default: the model's)",
+        ),
     }
     for name in names:
         s = dict(spec[name])
@@ -56,7 +62,8 @@ GEN = ("out", "seed", "size", "seconds", "frames", "fps", "steps", "guidance", "
 
 
 def _pipeline(args: argparse.Namespace):
-    """Returns the pipeline of --model on --device, with --keyframe applied when given."""
+    """Returns the pipeline of --model on --device, with --keyframe / --guide-frames applied
+    when given."""
     from dataclasses import replace
 
     from kinetoscope.pipeline import Pipeline
@@ -64,6 +71,8 @@ def _pipeline(args: argparse.Namespace):
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     if getattr(args, "keyframe", None) is not None:
         pipe.defaults = replace(pipe.defaults, keyframe=args.keyframe)
+    if getattr(args, "guide_frames", None) is not None:
+        pipe.defaults = replace(pipe.defaults, guide_frames=args.guide_frames)
     return pipe
 
 
@@ -401,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     no_expand = dict(action="store_true", help="give the model the prompt as written")
-    p = add("generate", "generate a video from a text prompt", cmd_generate, *GEN, "keyframe")
+    p = add("generate", "generate a video from a text prompt", cmd_generate, *GEN, "keyframe",
+            "guide_frames")  # fmt: skip
     p.add_argument("prompt")
     p.add_argument("--no-expand", **no_expand)
     p = add("image", "generate a single image from a text prompt", cmd_image, *GEN)
@@ -411,12 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("prompt")
     p.add_argument("--no-expand", **no_expand)
-    p = add("extend", "extend a video forward or backward in time", cmd_extend, *GEN)
+    p = add("extend", "extend a video forward or backward in time", cmd_extend, *GEN,
+            "guide_frames")  # fmt: skip
     p.add_argument("video")
     p.add_argument("prompt")
     p.add_argument("--direction", choices=["forward", "backward"], default="forward")
     p.add_argument("--no-expand", **no_expand)
-    p = add("connect", "generate a transition joining two videos", cmd_connect, *GEN)
+    p = add("connect", "generate a transition joining two videos", cmd_connect, *GEN,
+            "guide_frames")  # fmt: skip
     p.add_argument("video_a")
     p.add_argument("video_b")
     p.add_argument("prompt")
@@ -426,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 regenerates")
     p.add_argument("--no-expand", **no_expand)
-    p = add("loop", "make a video whose end flows into its start", cmd_loop, *GEN, "keyframe")
+    p = add("loop", "make a video whose end flows into its start", cmd_loop, *GEN, "keyframe",
+            "guide_frames")  # fmt: skip
     p.add_argument("prompt")
     p.add_argument("--video", help="loop this video (default: generate --seconds of video)")
     p.add_argument("--transition", type=float, help="seconds of the transition (default 2)")

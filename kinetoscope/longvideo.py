@@ -112,8 +112,9 @@ def roll(
             n, closing = min(W - k, remaining - 1), None
         L = k + n + (m if closing is not None else 0)
         cond = _condition(known, closing, L)
-        z = pipe.sample_latents(prompt, (L, height, width), generator, cond,
-                                steps=steps, guidance=guidance)  # fmt: skip
+        guide = d.guide_frames and (k > 1 or closing is not None)  # a video goes on
+        z = pipe.sample_latents(prompt, (L, height, width), generator, cond, steps=steps,
+                                guidance=guidance, guide_frames=guide)  # fmt: skip
         new = []
         for i, x in enumerate(pipe.decode_chunks(z)):  # causal: stop once the new frames are out
             if i >= k + n:

@@ -68,8 +68,10 @@ class PipelineDefaults:
     # Text to video in two steps (Emu Video's factorisation): latent frame 0 first, sampled
     # alone as an image, then the first window with it as a known frame.
     keyframe: bool = False
-    # Guidance drops the known frames with the text (see sampling.frames_dropped): the new
-    # frames follow the given ones harder (extend, connect, animate, long-video windows).
+    # Windows that continue a video (2+ known latent frames, or a closing suffix: extend,
+    # connect, loop, a long video's later windows) are guided away from their known frames
+    # too (sampling.frames_dropped), so the new frames follow the given ones harder. Not a
+    # single known frame (animate, the keyframe), where it was measured to cost adherence.
     guide_frames: bool = False
 
     def __post_init__(self) -> None:
@@ -285,11 +287,13 @@ class Pipeline:
         guidance: float | None = None,
         x_init: torch.Tensor | None = None,
         start_t: float = 1.0,
+        guide_frames: bool = False,
         progress: bool = False,
     ) -> torch.Tensor:
         """Returns latents `[1, C, T, H/8, W/8]` for size (T latent frames, H, W pixels).
 
-        Known frames of `cond` come back exactly as given; `x_init` + `start_t` < 1 is SDEdit.
+        Known frames of `cond` come back exactly as given; `x_init` + `start_t` < 1 is SDEdit;
+        `guide_frames`: guidance drops `cond`'s frames with the text (sampling.frames_dropped).
         """
         t, H, W = size
         h, w = H // self.space_factor, W // self.space_factor
@@ -302,7 +306,7 @@ class Pipeline:
                 guidance=self.defaults.guidance if guidance is None else guidance,
                 shift=self.shift_for(t, h, w), sampler=self.defaults.sampler,
                 cond=None if cond is None else cond.to(self.device),
-                start_t=start_t, x_init=x_init, guide_frames=self.defaults.guide_frames,
+                start_t=start_t, x_init=x_init, guide_frames=guide_frames,
                 progress=progress,
             )  # fmt: skip
         return z.float()

@@ -295,6 +295,8 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
         shift=cfg.train.shift,  # sample with the times it trained on
         # A model trained to animate a given first frame makes text to video in two steps.
         keyframe=cfg.train.conditions.get("first_frame", 0.0) > 0,
+        # ... and one trained to continue clips is guided by the frames it continues.
+        guide_frames=cfg.train.conditions.get("prefix", 0.0) > 0,
     )
     return Pipeline(vae, dit, text, defaults, device, dtype, name=f"{path.name}@{ckpt.name}")
 

@@ -55,6 +55,18 @@ def test_keyframe_flag_reaches_the_pipeline(capsys, tmp_path, model):
     assert rc == 0 and json.loads((tmp_path / "e.json").read_text())["keyframe"] is True
 
 
+def test_guide_frames_flag_reaches_the_pipeline(capsys, tmp_path, model, clip_path):
+    common = ("a ball", "--model", model, "--steps", "2", "--no-expand", "--seconds", "1")
+    outs = [tmp_path / f"{f}.mp4" for f in ("on", "off")]
+    for flag, out in zip(("--guide-frames", "--no-guide-frames"), outs):
+        # backward: the window that closes on the video's start is guided (this model's
+        # forward windows know 1 latent frame, which is never guided)
+        argv = ("extend", clip_path, *common, "--direction", "backward", flag, "--out", out)
+        assert run(capsys, *argv)[0] == 0
+    on, off = (Video.read(out).frames for out in outs)
+    assert on.shape == off.shape and not np.array_equal(on, off)
+
+
 def test_rounding_is_noticed_on_stderr(capsys, tmp_path, model):
     out = tmp_path / "a.gif"
     rc, _, err = run(capsys, "generate", "a ball", "--model", model, "--steps", "1",

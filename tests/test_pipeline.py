@@ -235,6 +235,35 @@ def test_keyframe_first_video_starts_with_the_prompts_image(pipe, monkeypatch):
     assert gen(pipe, frames=1).num_frames == 1 and calls == [1]  # an image is not made twice
 
 
+@pytest.mark.filterwarnings("ignore::kinetoscope.pipeline.Notice")  # seconds rounded
+def test_guide_frames_guides_only_windows_that_continue_a_video(pipe, monkeypatch):
+    calls = []  # (latent frames, known latent frames, guide_frames) per sampler call
+    sample = pipe.sample_latents
+
+    def record(p, size, gen, cond=None, **k):
+        known = 0 if cond is None else int(cond.mask.sum())
+        calls.append((size[0], known, k.get("guide_frames", False)))
+        return sample(p, size, gen, cond, **k)
+
+    monkeypatch.setattr(pipe, "sample_latents", record)
+    d = replace(pipe.defaults, window=5, overlap=2, keyframe=True, guide_frames=True)
+    monkeypatch.setattr(pipe, "defaults", d)
+    gen(pipe, frames=25)  # 7 latents: keyframe, a window from it, then windows of 2 known
+    assert calls == [(1, 0, False), (5, 1, False), (4, 2, True)]
+    calls.clear()
+    pipe.animate(clip(1), "a ball", frames=9, progress=False, expand=False)
+    assert calls == [(3, 1, False)]  # one known frame: as the keyframe, not guided
+    calls.clear()
+    kw = dict(seconds=1.0, progress=False, expand=False)
+    pipe.extend(clip(9), "a ball", direction="forward", **kw)
+    pipe.extend(clip(9), "a ball", direction="backward", **kw)
+    assert [c[2] for c in calls] == [True, True]  # a prefix of 2 latents; a closing suffix
+    calls.clear()
+    monkeypatch.setattr(pipe, "defaults", replace(d, guide_frames=False))
+    gen(pipe, frames=25)
+    assert [c[2] for c in calls] == [False] * 3
+
+
 def test_too_long_or_empty_durations_are_refused(pipe):
     for seconds in (0, -1, 601, float("nan")):
         with pytest.raises(UserError, match="--seconds"):
