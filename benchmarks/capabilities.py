@@ -569,7 +569,11 @@ def run(args: argparse.Namespace, pipe: Pipeline | None = None) -> tuple[dict, s
     if d is not None:
         head += f", {d.width}x{d.height} at {d.fps:g} fps, {d.steps} steps, guidance {d.guidance:g}"
         head += f", sampler {d.sampler}, window {d.window} overlap {d.overlap} latent frames"
+        head += f", keyframe {'on' if d.keyframe else 'off'}"
+        head += f", guide_frames {'on' if d.guide_frames else 'off'}"
     res: dict = {"model": str(args.model), "seed": args.seed, "runs": args.runs}
+    if d is not None:
+        res |= {"keyframe": d.keyframe, "guide_frames": d.guide_frames}
     md = ["## Capability figures", "", head + "."]
     t0 = time.perf_counter()
     if {"kept", "seams"} & set(todo):

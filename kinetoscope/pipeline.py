@@ -69,8 +69,8 @@ class PipelineDefaults:
     # alone as an image, then the first window with it as a known frame.
     keyframe: bool = False
     # Windows that continue a video (2+ known latent frames, or a closing suffix: extend,
-    # connect, loop, a long video's later windows) are guided away from their known frames
-    # too (sampling.frames_dropped), so the new frames follow the given ones harder. Not a
+    # connect, loop, a long video's later windows) are guided by their known frames as by
+    # the text (sampling.frames_dropped), so the new frames follow the given ones harder. Not a
     # single known frame (animate, the keyframe), where it was measured to cost adherence.
     guide_frames: bool = False
 
