@@ -357,3 +357,18 @@ def test_rendered_clips_count_tokens_as_the_recipes_dit_cuts_them():
     rendered = ShapeWorldClips.from_config(cfg, tokens=token_kwargs(cfg)).batch_sizes
     cached = batch_size_for_latent((16, 9, 16, 16), 1152, patch=token_kwargs(cfg)["patch"])
     assert rendered == [cached] == [2]
+
+
+def test_a_dit_run_loads_with_sampling_defaults_from_its_conditions(tmp_path, micro_dit):
+    """keyframe follows first-frame training, guide_frames follows prefix training."""
+    from kinetoscope.pipeline import Pipeline
+
+    base = ["model.stage=dit", "model.vae=tiny", "model.vae_path=shapeworld-tiny",
+            "model.dit=micro", "model.text=micro", "data.buckets=[[1,16,16]]",
+            "data.image_share=1.0", "data.num_workers=0", "data.max_batch_size=2",
+            "train.steps=1", "train.sample_every=1000"]  # fmt: skip
+    runs = {"both": [], "neither": ["train.conditions.first_frame=0", "train.conditions.prefix=0"]}
+    for name, extra in runs.items():
+        assert main(["train", "/dev/null", *base, *extra, f"train.out={tmp_path / name}"]) == 0
+        d = Pipeline.from_pretrained(tmp_path / name, device="cpu").defaults
+        assert (d.keyframe, d.guide_frames) == ((True, True) if name == "both" else (False, False))
