@@ -110,6 +110,7 @@ def bench_generate(
             runs.append({p: t.get(p, 0.0) for p in PARTS[:4]} | {"total": total})
             runs[-1]["other"] = total - sum(t.values())
     d = pipe.defaults
+    latents = 1 + (video.num_frames - 1) // pipe.time_factor
     return {
         "model": pipe.name,
         "prompt": prompt,
@@ -123,6 +124,8 @@ def bench_generate(
             "steps": steps or d.steps,
             "sampler": d.sampler,
             "keyframe": d.keyframe,
+            "guide_frames": d.guide_frames,  # applies to windows after the first
+            "windows": 1 + max(0, -(-(latents - d.window) // (d.window - d.overlap))),
         },  # fmt: skip
         "repeat": repeat,
         "median": {p: statistics.median(r[p] for r in runs) for p in PARTS},
@@ -191,7 +194,8 @@ def generate_table(result: dict) -> str:
     lines = [
         f"{result['model']}: {v['width']}x{v['height']}, {v['frames']} frames "
         f"({v['seconds']:g} s at {v['fps']:g} fps), {v['steps']} steps {v['sampler']}"
-        f"{', keyframe first' if v['keyframe'] else ''}; "
+        f"{', keyframe first' if v['keyframe'] else ''}"
+        f"{', later windows frame-guided' if v['windows'] > 1 and v['guide_frames'] else ''}; "
         f"median of {result['repeat']} after 1 warm-up",
         f"{'part':<12}{'seconds':>9}{'share':>8}",
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -118,6 +119,21 @@ def test_bench_generate_splits_the_time_into_the_pipeline_stages(pipe, model_dir
     out = capsys.readouterr().out
     for part in ("text", "sampling", "decoding", "total", "torch threads", "cpu capability"):
         assert part in out
+
+
+@pytest.mark.parametrize("keyframe", [False, True])
+@pytest.mark.parametrize("frames", [9, 13, 29])
+def test_bench_generate_records_the_windows_it_sampled(pipe, frames, keyframe, monkeypatch):
+    monkeypatch.setattr(pipe, "defaults", replace(pipe.defaults, keyframe=keyframe))
+    calls = []
+    sample = pipe.sample_latents
+    record = lambda *a, **kw: calls.append(kw) or sample(*a, **kw)  # noqa: E731
+    monkeypatch.setattr(pipe, "sample_latents", record)
+    r = bench_generate(pipe, frames=frames, repeat=1)
+    windows = [kw for kw in calls if "guide_frames" in kw]  # roll's windows; not the keyframe
+    assert r["video"]["windows"] == len(windows) // 2  # warm-up and one timed run
+    assert r["video"]["guide_frames"] == pipe.defaults.guide_frames
+    assert r["video"]["keyframe"] == keyframe
 
 
 @pytest.mark.parametrize(
