@@ -147,12 +147,12 @@ def _write_stream(stream: Stream, p: Path) -> Path:
     """Returns `p`: frames encoded as they arrive into a hidden temp file, renamed when done."""
     import av
 
-    from kinetoscope.video import _CODECS, _av_errors, _av_frame, atomic_write
+    from kinetoscope.video import _BITEXACT, _CODECS, _av_errors, _av_frame, atomic_write
 
     if not p.parent.is_dir():
         raise UserError(f"{p}: folder {p.parent} does not exist")
     codec, pix_fmt, options = _CODECS[p.suffix.lower()]
-    with atomic_write(p) as tmp, _av_errors(p, "write"), av.open(tmp, "w") as c:
+    with atomic_write(p) as tmp, _av_errors(p, "write"), av.open(tmp, "w", options=_BITEXACT) as c:
         for key in ("title", "comment"):
             if stream.metadata.get(key):
                 c.metadata[key] = str(stream.metadata[key])
@@ -161,6 +161,6 @@ def _write_stream(stream: Stream, p: Path) -> Path:
         st.pix_fmt, st.width, st.height = pix_fmt, stream.width, stream.height
         for chunk in stream.chunks:
             for frame in chunk:
-                c.mux(st.encode(_av_frame(frame)))
+                c.mux(st.encode(_av_frame(frame, pix_fmt=pix_fmt)))
         c.mux(st.encode())
     return p
