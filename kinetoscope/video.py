@@ -379,8 +379,9 @@ _BITEXACT = {"fflags": "+bitexact"}
 
 # ext -> (encoder, pixel format, options); crf (constant quality) is dropped when a bitrate is set
 _CODECS = {
-    # mbtree off: its lookahead read memory it had not written, so at 64x64 the same frames
-    # gave a different mp4 from one save to the next (files 30% larger, PSNR no lower)
+    # mbtree off: with it, libx264 wrote a different 64x64 mp4 for the same frames from one
+    # save to the next, most often after torch work (cause inside x264 not found; threads=1
+    # did not help). Files 30% larger, round-trip PSNR no lower.
     ".mp4": ("libx264", "yuv420p", {"crf": "18", "x264-params": "mbtree=0"}),
     ".webm": ("libvpx-vp9", "yuv420p", {"crf": "30", "b": "0", "cpu-used": "4", "row-mt": "1"}),
     ".gif": ("gif", "pal8", {}),
