@@ -297,7 +297,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from kinetoscope.interop.wan import convert_folder
 
     dtype = {"float32": None, "bfloat16": torch_dtype("bfloat16")}[args.dtype]
-    out = convert_folder(args.src, args.out, args.format, weights_dtype=dtype, name=args.name)
+    out = convert_folder(args.src, args.out, args.format, dtype, args.name, args.vae)
     print(f"kinetoscope convert: wrote {out} ({args.format} format)")
     return 0
 
@@ -496,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, help="new folder to write")
     p.add_argument("--format", choices=["kinetoscope", "diffusers"], default="kinetoscope")
     p.add_argument("--name", help="the model's name in its config.json (default: the source's)")
+    p.add_argument(
+        "--vae",
+        help="a VAE run or folder whose decoder replaces the source's (its encoder must be the "
+        "source's: trained from it with model.freeze_encoder=true)",
+    )
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],

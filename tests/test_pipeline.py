@@ -11,6 +11,7 @@ import json
 import os
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +87,32 @@ def test_convert_writes_a_card_that_says_what_the_model_is(model_dir, tmp_path):
     card = (out / "README.md").read_text()
     assert card.startswith("# mine\n") and "A kinetoscope model" in card and "Wan" not in card
     assert "byte-level encoder" in card and "shift by token count), guidance 2\n" in card
+
+
+def test_convert_swaps_in_a_decoder_only_when_the_encoder_is_the_same(model_dir, tmp_path, capsys):
+    from kinetoscope.cli import main
+
+    def variant(name: str, part: str) -> Path:  # the tiny model with one part of its VAE changed
+        p = tiny_pipeline()
+        with torch.no_grad():
+            for w in getattr(p.vae, part).parameters():
+                w.add_(0.01)
+        return p.save_pretrained(tmp_path / name)
+
+    decoder, encoder = variant("new-decoder", "decoder"), variant("new-encoder", "encoder")
+    out = tmp_path / "swapped"
+    assert main(["convert", str(model_dir), "--out", str(out), "--vae", str(decoder)]) == 0
+    got = Pipeline.from_pretrained(out, device="cpu", dtype=torch.float32)
+    want = Pipeline.from_pretrained(decoder, device="cpu", dtype=torch.float32)
+    ref = tiny_pipeline()
+    for a, b in ((got.vae, want.vae), (got.dit, ref.dit), (got.text_encoder, ref.text_encoder)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    for vae, message in ((encoder, "its encoder is not the one"), (tmp_path / "none", "no such")):
+        refused = tmp_path / "refused"
+        assert main(["convert", str(model_dir), "--out", str(refused), "--vae", str(vae)]) == 2
+        assert message in capsys.readouterr().err and not refused.exists()
 
 
 def test_bfloat16_storage_halves_matrices_and_keeps_buffers_exact(tmp_path):

@@ -336,11 +336,18 @@ def load_text_folder(path: Path, entry: dict, dtype: torch.dtype | None) -> WanT
 
 
 def convert_folder(
-    src: str | Path, out: str | Path, fmt: str = "kinetoscope", weights_dtype=None, name=None
+    src: str | Path,
+    out: str | Path,
+    fmt: str = "kinetoscope",
+    weights_dtype=None,
+    name=None,
+    vae: str | Path | None = None,
 ) -> Path:
     """Returns `out` holding the model at `src` rewritten as a kinetoscope or diffusers folder.
 
     `name` (default: the source's) is the model's name in the folder's config.json.
+    `vae`: a VAE run or folder to use instead of the source's, whose encoder must be the
+    source's exactly (a decoder fine-tuned with `model.freeze_encoder=true`).
 
     Tensors are kept in their stored dtype, so diffusers -> kinetoscope -> diffusers round-trips
     them exactly; `weights_dtype` (kinetoscope format) stores matrices and kernels in that dtype.
@@ -360,12 +367,33 @@ def convert_folder(
     else:
         pipe = load(src, device="cpu", dtype=torch.float32)
     pipe.name = name or pipe.name
+    if vae is not None:
+        swap_decoder(pipe, vae)
     if fmt == "diffusers":
         try:
             return convert.save_diffusers(pipe, out)
         except ValueError as e:
             raise UserError(f"{src}: {e}") from None
     return pipe.save_pretrained(out, card=_card(pipe, src), weights_dtype=weights_dtype)
+
+
+def swap_decoder(pipe, src: str | Path) -> None:
+    """Loads the VAE at `src` (a run or a folder) into `pipe` if it encodes exactly as the
+    pipe's own VAE does: the DiT learned those latents, so only the decoder may change."""
+    from kinetoscope.pretrained import vae_weights
+
+    if not Path(src).exists():
+        raise UserError(f"--vae {src}: no such VAE run or folder")
+    new, own = vae_weights(src), pipe.vae.state_dict()
+    if new.keys() != own.keys() or any(new[k].shape != own[k].shape for k in own):
+        raise UserError(f"--vae {src}: not the same VAE architecture as {pipe.name}'s")
+    encodes = [k for k in own if k.startswith(("encoder.", "quant_conv.", "latents_"))]
+    if any(not torch.equal(new[k].to(own[k].dtype), own[k]) for k in encodes):
+        raise UserError(
+            f"--vae {src}: its encoder is not the one {pipe.name}'s DiT was trained on; only a "
+            "VAE trained from it with model.freeze_encoder=true keeps its latents"
+        )
+    pipe.vae.load_state_dict(new)
 
 
 def _card(pipe, src) -> str:
