@@ -161,6 +161,6 @@ def _write_stream(stream: Stream, p: Path) -> Path:
         st.pix_fmt, st.width, st.height = pix_fmt, stream.width, stream.height
         for chunk in stream.chunks:
             for frame in chunk:
-                c.mux(st.encode(_av_frame(frame, pix_fmt=pix_fmt)))
+                c.mux(st.encode(_av_frame(frame)))
         c.mux(st.encode())
     return p

@@ -331,19 +331,11 @@ def _fps(c, st, n: int, p: Path) -> float:
     return float(rate) if rate else DEFAULT_FPS
 
 
-def _av_frame(
-    array: np.ndarray, palette: np.ndarray | None = None, pix_fmt: str = "rgb24"
-) -> av.VideoFrame:
-    """Returns a PyAV frame in `pix_fmt` from uint8 RGB [H, W, 3], or in pal8 from indices
-    [H, W] + ARGB palette [256, 4].
-
-    The conversion is done here, on one thread: left to `encode`, PyAV converts with the
-    codec's thread count, and libx264 then wrote a different mp4 for the same frames from one
-    save to the next."""
-    if palette is not None:
-        return av.VideoFrame.from_ndarray((np.ascontiguousarray(array), palette), format="pal8")
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-    return frame if pix_fmt == "rgb24" else frame.reformat(format=pix_fmt, threads=1)
+def _av_frame(array: np.ndarray, palette: np.ndarray | None = None) -> av.VideoFrame:
+    """Returns a PyAV frame from uint8 RGB [H, W, 3], or indices [H, W] + ARGB palette [256, 4]."""
+    if palette is None:
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+    return av.VideoFrame.from_ndarray((np.ascontiguousarray(array), palette), format="pal8")
 
 
 def _palette(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -394,9 +386,9 @@ _CODECS = {
 def _write(video: Video, path: str, ext: str, bitrate: int | None) -> None:
     frames, fps, n = video.frames, video.fps, video.num_frames
     codec, pix_fmt, options = _CODECS[ext]
-    muxer = (
-        dict(_BITEXACT, update="1") if ext in IMAGE_EXTS else dict(_BITEXACT)
-    )  # update: one image
+    muxer = dict(_BITEXACT)
+    if ext in IMAGE_EXTS:
+        muxer["update"] = "1"  # one image, not a %d sequence
     if ext == ".gif":  # the muxer repeats the previous delay for the last frame unless told
         muxer["final_delay"] = str(round(n * 100 / fps) - round((n - 1) * 100 / fps))
     with av.open(path, "w", options=muxer) as c:
@@ -420,7 +412,7 @@ def _write(video: Video, path: str, ext: str, bitrate: int | None) -> None:
             st.codec_context.time_base = Fraction(1, 100)
         idx, pal = _palette(frames) if ext == ".gif" else (frames, None)
         for i in range(n):
-            frame = _av_frame(idx[i], pal, pix_fmt)
+            frame = _av_frame(idx[i], pal)
             if ext == ".gif":  # delays in whole centiseconds, rounded so the total stays right
                 frame.pts, frame.time_base = round(i * 100 / fps), Fraction(1, 100)
             c.mux(st.encode(frame))

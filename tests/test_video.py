@@ -44,8 +44,8 @@ def test_mp4_keeps_fractional_fps_and_bitrate_changes_size(tmp_path, make_video)
 
 @pytest.mark.parametrize("ext", [".mp4", ".webm", ".gif"])
 def test_the_same_frames_save_to_the_same_file(tmp_path, ext):
-    # 64x64 noise over a gradient with a still block: libx264's mbtree and PyAV's threaded
-    # colour conversion each made its mp4 differ between saves, mostly after torch work
+    # 64x64 noise over a gradient with a still block: with libx264's mbtree on, its mp4
+    # differed between saves, mostly after torch work; a webm's Matroska UIDs are random
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 200, 64)[None, None, :, None]
     frames = (rng.random((33, 64, 64, 3)) * 40 + ramp).astype(np.uint8)
