@@ -563,11 +563,12 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         if not math.isfinite(loss_mean):
             raise UserError(f"loss is {loss_mean} at step {done}; lower optim.lr or check data")
 
+        weights = None  # full weights, EMA over raw (a frozen part has no EMA)
         if done % t.ckpt_every == 0 or done == stop:
-            _save(cfg, info, run, done, model, opt, ema, position)
+            weights = _save(cfg, info, run, done, model, opt, ema, position)
         if done % t.sample_every == 0 or done == stop:
-            weights = D.model_state(model)  # EMA over raw: a frozen part has no EMA
-            weights.update(ema.state_dict() if ema is not None else {})
+            if weights is None:  # gathered once a step, not again for the samples
+                weights = D.model_state(model) | (ema.state_dict() if ema is not None else {})
             if info.is_main:
                 out = run / f"samples_{done:06d}"
                 out.mkdir(exist_ok=True)
@@ -583,8 +584,9 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
     return run
 
 
-def _save(cfg, info, run, step, model, opt, ema, position) -> None:
-    """Gathers full state on every rank, writes on rank 0; stops every rank if the write fails."""
+def _save(cfg, info, run, step, model, opt, ema, position) -> dict:
+    """Gathers full state on every rank, writes on rank 0; stops every rank if the write fails.
+    Returns the full weights gathered, EMA over raw."""
     tensors = {"model": D.model_state(model)}
     if ema is not None:
         tensors["ema"] = ema.state_dict()
@@ -613,3 +615,4 @@ def _save(cfg, info, run, step, model, opt, ema, position) -> None:
     error = D.broadcast_object(error, info)
     if error:
         raise UserError(f"{error}; training stopped at step {step}")
+    return {**tensors["model"], **tensors.get("ema", {})}
