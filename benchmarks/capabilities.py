@@ -397,7 +397,9 @@ def keeps_objects(video: Video, window: int = WINDOW) -> dict:
 # ---- edit -------------------------------------------------------------------------------------
 
 
-def edit_run(pipe: Pipeline, i: int, seed: int, strength: float = 0.6) -> dict:
+def edit_run(
+    pipe: Pipeline, i: int, seed: int, strength: float = 0.6, invert: bool = False
+) -> dict:
     """Returns what the judge reads after editing run i's clip: even runs change the
     environment, odd runs the time of day; the prompt is the edited scene's caption."""
     scene = scene_for(seed, i)
@@ -409,7 +411,8 @@ def edit_run(pipe: Pipeline, i: int, seed: int, strength: float = 0.6) -> dict:
     ]
     new = str(rng.choice(options))
     target = type(scene).from_dict({**scene.to_dict(), key: new})
-    out = call_pipe(pipe, "edit", clip, prompt_for(target, i), strength=strength, seed=i)
+    out = call_pipe(pipe, "edit", clip, prompt_for(target, i), strength=strength, seed=i,
+                    invert=invert)  # fmt: skip
     was, now = J.judge(clip), J.judge(out)
     motions = {o.color: o.motion for o in now.objects}
     return {
@@ -527,18 +530,24 @@ def cmd_long(pipe_name: str, args, lengths=(4.0, 15.0, 60.0)) -> tuple[dict, lis
 
 
 def cmd_edit(pipe: Pipeline, args) -> tuple[dict, list[str]]:
-    runs = tqdm(range(args.runs), desc="edit runs", unit="run")
-    figs = [edit_run(pipe, i, args.seed, args.strength) for i in runs]
+    """Edits the same clips twice: from random noise (SDEdit, the default) and from each
+    clip's inversion (`edit --invert`)."""
     rows = [
-        f"| edited (strength {args.strength:g}) | runs | new attribute found (goal >= 80%)"
-        " | motion unchanged (goal >= 80%) | colours kept | judge right on the input |",
-        "|---|---|---|---|---|---|",
+        f"| edited (strength {args.strength:g}) | noise | runs | new attribute found (goal >= "
+        "80%) | motion unchanged (goal >= 80%) | colours kept | judge right on the input |",
+        "|---|---|---|---|---|---|---|",
     ]
-    groups = [(k, [x for x in figs if x["attribute"] == k]) for k in ("environment", "time")]
-    for key, f in [*groups, ("both", figs)]:
-        cols = (_share(x[c] for x in f) for c in ("found", "motion", "colours", "judge_on_input"))
-        rows += [f"| {key} | {len(f)} | {' | '.join(cols)} |"] if f else []
-    return {"runs": figs}, rows
+    res = {}
+    for noise, invert in (("random", False), ("inverted", True)):
+        runs = tqdm(range(args.runs), desc=f"edit runs, {noise} noise", unit="run")
+        figs = res[noise] = [edit_run(pipe, i, args.seed, args.strength, invert) for i in runs]
+        groups = [(k, [x for x in figs if x["attribute"] == k]) for k in ("environment", "time")]
+        for key, f in [*groups, ("both", figs)]:
+            cols = (
+                _share(x[c] for x in f) for c in ("found", "motion", "colours", "judge_on_input")
+            )
+            rows += [f"| {key} | {noise} | {len(f)} | {' | '.join(cols)} |"] if f else []
+    return res, rows
 
 
 def cmd_image(pipe_name: str, args) -> tuple[dict, list[str]]:

@@ -252,7 +252,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     def make(pipe, inputs, kw):
-        return pipe.edit(inputs[0], args.prompt, strength=args.strength, size=args.size, **kw)
+        return pipe.edit(inputs[0], args.prompt, strength=args.strength, size=args.size,
+                         invert=args.invert, **kw)  # fmt: skip
 
     return _run_capability(args, make, "out.mp4")
 
@@ -437,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("prompt")
     p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 regenerates")
+    p.add_argument("--invert", action="store_true",
+                   help="start from the input's own noise (its inversion), not random noise: "
+                   "keeps more motion and layout; the seed no longer matters")  # fmt: skip
     p.add_argument("--no-expand", **no_expand)
     p = add("loop", "make a video whose end flows into its start", cmd_loop, *GEN, "keyframe",
             "guide_frames")  # fmt: skip

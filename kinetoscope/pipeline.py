@@ -288,12 +288,14 @@ class Pipeline:
         x_init: torch.Tensor | None = None,
         start_t: float = 1.0,
         guide_frames: bool = False,
+        invert: bool = False,
         progress: bool = False,
     ) -> torch.Tensor:
         """Returns latents `[1, C, T, H/8, W/8]` for size (T latent frames, H, W pixels).
 
-        Known frames of `cond` come back exactly as given; `x_init` + `start_t` < 1 is SDEdit;
-        `guide_frames`: guidance drops `cond`'s frames with the text (sampling.frames_dropped).
+        Known frames of `cond` come back exactly as given; `x_init` + `start_t` < 1 is SDEdit,
+        from x_init's inversion with `invert`; `guide_frames`: guidance drops `cond`'s frames
+        with the text (sampling.frames_dropped).
         """
         t, H, W = size
         h, w = H // self.space_factor, W // self.space_factor
@@ -307,7 +309,7 @@ class Pipeline:
                 shift=self.shift_for(t, h, w), sampler=self.defaults.sampler,
                 cond=None if cond is None else cond.to(self.device),
                 start_t=start_t, x_init=x_init, guide_frames=guide_frames,
-                progress=progress,
+                from_inversion=invert, progress=progress,
             )  # fmt: skip
         return z.float()
 
@@ -540,10 +542,15 @@ class Pipeline:
         guidance: float | None = None,
         seed: int = 0,
         expand: bool = True,
+        invert: bool = False,
         progress: bool = True,
     ) -> Video:
         """Returns the video re-made for `prompt` (SDEdit): strength 0 keeps it (VAE round
-        trip), 1 regenerates it; in between the layout and motion survive."""
+        trip), 1 regenerates it; in between the layout and motion survive.
+
+        `invert`: start from the input's own noise (the model's ODE run forward from it to
+        `strength`) instead of random noise: more of its layout and motion survive, strength 1
+        no longer regenerates it, and the seed changes nothing but the prompt's expansion."""
         if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
             raise UserError(f"--strength must be in [0, 1], got {strength}")
         v = self.fit_video(_as_video(video), size, keep=False)
@@ -557,9 +564,10 @@ class Pipeline:
         gen = torch.Generator().manual_seed(seed)
         z = self.sample_latents(p, (z.shape[2], v.height, v.width), gen, steps=steps,
                                 guidance=guidance, x_init=z, start_t=float(strength),
-                                progress=progress)  # fmt: skip
+                                invert=invert, progress=progress)  # fmt: skip
         out = np.concatenate(list(self.decode_chunks(z)))[:T]
-        return Video(out, v.fps, self._metadata(p, seed, strength=float(strength)))
+        meta = self._metadata(p, seed, strength=float(strength), invert=invert)
+        return Video(out, v.fps, meta)
 
 
 def _round_to(v: float, step: int) -> int:

@@ -84,10 +84,11 @@ def test_every_capability_runs(capsys, tmp_path, model, clip_path):
         "back.mp4": ("extend", clip_path, "a ball", "--seconds", "0.5", "--direction", "backward"),
         "connect.mp4": ("connect", clip_path, clip_path, "a ball", "--seconds", "0.5"),
         "edit.mp4": ("edit", clip_path, "a ball at night", "--strength", "0.5"),
+        "inverted.mp4": ("edit", clip_path, "a ball at night", "--strength", "0.5", "--invert"),
         "loop.mp4": ("loop", "a ball", "--video", clip_path, "--transition", "0.5"),
     }
     frames = {"image.png": 1, "animate.mp4": 5, "extend.mp4": 13, "back.mp4": 14,
-              "connect.mp4": 22, "edit.mp4": 9, "loop.mp4": 13}  # fmt: skip
+              "connect.mp4": 22, "edit.mp4": 9, "inverted.mp4": 9, "loop.mp4": 13}  # fmt: skip
     original = Video.read(clip_path).frames
     for name, argv in jobs.items():
         rc, _, err = run(capsys, *argv, *common, "--out", tmp_path / name)

@@ -369,6 +369,19 @@ def test_edit_at_strength_zero_is_the_vae_round_trip(pipe):
     assert not np.array_equal(edited.frames, round_trip)
 
 
+def test_edit_from_the_inversion_needs_no_seed_and_keeps_strength_zero(pipe):
+    src = clip(9)
+    kw = dict(strength=0.6, progress=False, expand=False)
+    a, b = (pipe.edit(src, "a ball in the desert", seed=s, invert=True, **kw) for s in (0, 1))
+    assert np.array_equal(a.frames, b.frames)  # no random noise anywhere
+    assert a.metadata["invert"] is True
+    sdedit = pipe.edit(src, "a ball in the desert", seed=0, **kw)
+    assert not np.array_equal(a.frames, sdedit.frames)
+    zero = dict(kw, strength=0.0)
+    assert np.array_equal(pipe.edit(src, "a ball", invert=True, **zero).frames,
+                          pipe.edit(src, "a ball", **zero).frames)  # fmt: skip
+
+
 def test_edit_strength_outside_0_1_is_refused(pipe):
     for s in (-0.1, 1.5):
         with pytest.raises(UserError, match="--strength"):

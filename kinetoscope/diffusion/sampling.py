@@ -196,6 +196,34 @@ def frames_dropped(cond: FrameCondition, noise: Tensor) -> Callable:
 
 
 @torch.no_grad()
+def invert(
+    model,
+    x0: Tensor,
+    context: Tensor,
+    context_mask: Tensor | None = None,
+    *,
+    end_t: float,
+    steps: int = 30,
+    shift: float = 1.0,
+    progress: bool = True,
+) -> Tensor:
+    """Returns x at flow time `end_t`, reached from clean latents `x0` [B, C, T, H, W] by running
+    the model's ODE forward in time (Euler, no guidance) on the grid `sample` walks back: the
+    input's own noise, from which sampling returns close to x0 (DDIM inversion, Song et al.
+    2021, for flow matching). SDEdit's random noise redraws what it covers instead."""
+    velocity_fn = guided_velocity(model, context, context_mask)
+    ts = [float(v) for v in timesteps(steps, shift, end_t).flip(0)]
+    x = x0.to(torch.promote_types(x0.dtype, torch.float32))
+    B, T = x.shape[0], x.shape[2]
+    for i in tqdm(range(len(ts) - 1), desc="invert", disable=not progress, leave=False):
+        t, t_next = ts[i], ts[i + 1]
+        if t_next == t:
+            continue
+        v = velocity_fn(x, torch.full((B, T), t, dtype=x.dtype, device=x.device)).to(x.dtype)
+        x = x + (t_next - t) * v
+    return x
+
+
 def sample(
     model,
     noise: Tensor,
@@ -213,6 +241,7 @@ def sample(
     x_init: Tensor | None = None,
     batch_cfg: bool = True,
     guide_frames: bool = False,
+    from_inversion: bool = False,
     progress: bool = True,
 ) -> Tensor:
     """Returns sampled latents x0 [B, C, T, H, W] (fp32 or wider) from `noise` of that shape.
@@ -221,8 +250,10 @@ def sample(
     forward also takes `cache` gets one per context: see `with_context_cache`). SDEdit: with
     `x_init` (clean latents) and `start_t` = s < 1, the input is noised to
     x_s = (1 - s) x_init + s noise and denoised from there; s = 0 returns x_init, s = 1 is plain
-    sampling from `noise`. `guide_frames`: the unconditional pass drops `cond`'s known frames
-    too (`frames_dropped`), so guidance strengthens them as it strengthens the text.
+    sampling from `noise`. `from_inversion`: SDEdit from x_init's own noise instead, the
+    unconditional model's ODE run forward from x_init to `start_t` (`invert`; `noise` unused).
+    `guide_frames`: the unconditional pass drops `cond`'s known frames too (`frames_dropped`),
+    so guidance strengthens them as it strengthens the text.
     """
     if start_t < 1.0 and x_init is None:
         raise ValueError(f"start_t={start_t} < 1 needs x_init (the latents to edit)")
@@ -230,7 +261,15 @@ def sample(
     if x_init is not None:
         if x_init.shape != noise.shape:
             raise ValueError(f"x_init {tuple(x_init.shape)} must match noise {tuple(noise.shape)}")
-        x = (1 - start_t) * x_init.to(x) + start_t * x
+        if not from_inversion:
+            x = (1 - start_t) * x_init.to(x) + start_t * x
+        elif null_context is None:
+            raise ValueError("from_inversion needs null_context (the encoded empty prompt)")
+        else:
+            B = x.shape[0]
+            x = invert(model, x_init, null_context.expand(B, -1, -1),
+                       None if null_mask is None else null_mask.expand(B, -1),
+                       end_t=start_t, steps=steps, shift=shift, progress=progress)  # fmt: skip
     drop = frames_dropped(cond, noise) if guide_frames and cond is not None else None
     velocity_fn = guided_velocity(
         model, context, context_mask, null_context, null_mask, guidance, batch_cfg, drop
