@@ -437,10 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("edit", "edit a video with a new prompt (SDEdit)", cmd_edit, *GEN)
     p.add_argument("video")
     p.add_argument("prompt")
-    p.add_argument("--strength", type=float, default=0.6, help="0 keeps the input, 1 regenerates")
+    p.add_argument("--strength", type=float, default=0.6,
+                   help="0 keeps the input, 1 regenerates it (without --invert)")  # fmt: skip
     p.add_argument("--invert", action="store_true",
                    help="start from the input's own noise (its inversion), not random noise: "
-                   "keeps more motion and layout; the seed no longer matters")  # fmt: skip
+                   "keeps more motion and layout; the seed then only picks the prompt's "
+                   "expansion")  # fmt: skip
     p.add_argument("--no-expand", **no_expand)
     p = add("loop", "make a video whose end flows into its start", cmd_loop, *GEN, "keyframe",
             "guide_frames")  # fmt: skip
