@@ -211,17 +211,9 @@ def invert(
     the model's ODE forward in time (Euler, no guidance) on the grid `sample` walks back: the
     input's own noise, from which sampling returns close to x0 (DDIM inversion, Song et al.
     2021, for flow matching). SDEdit's random noise redraws what it covers instead."""
-    velocity_fn = guided_velocity(model, context, context_mask)
-    ts = [float(v) for v in timesteps(steps, shift, end_t).flip(0)]
     x = x0.to(torch.promote_types(x0.dtype, torch.float32))
-    B, T = x.shape[0], x.shape[2]
-    for i in tqdm(range(len(ts) - 1), desc="invert", disable=not progress, leave=False):
-        t, t_next = ts[i], ts[i + 1]
-        if t_next == t:
-            continue
-        v = velocity_fn(x, torch.full((B, T), t, dtype=x.dtype, device=x.device)).to(x.dtype)
-        x = x + (t_next - t) * v
-    return x
+    ts = timesteps(steps, shift, end_t).flip(0)  # Euler steps forward in time just as well
+    return sample_fn(guided_velocity(model, context, context_mask), x, ts, "euler", None, progress)
 
 
 def sample(
