@@ -34,7 +34,8 @@ KEY_ENV = ("KINETOSCOPE_EXPANDER_KEY", "OPENAI_API_KEY")
 
 
 def expand_scene(prompt: str, seed: int | np.random.Generator = 0) -> Scene:
-    """Returns a full scene with every attribute `prompt` states, the rest drawn at random."""
+    """Returns a full scene with every attribute `prompt` states, the rest drawn at random
+    but for size: an object whose size is not stated is large."""
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     stated = parse_prompt(prompt).scene
     wanted = stated.objects
@@ -56,6 +57,8 @@ def expand_scene(prompt: str, seed: int | np.random.Generator = 0) -> Scene:
         for key in OBJECT_KEYS:
             if getattr(want, key) is not None:
                 setattr(obj, key, getattr(want, key))
+        if want.size is None:  # a named object is the video's subject: drawn large, to be seen
+            obj.size = "large"
         if want.speed is not None and want.motion is None and obj.motion == "still":
             obj.motion = str(rng.choice(moving))  # a stated speed needs a motion to show it
         if want.color is None:
@@ -104,7 +107,8 @@ def system_prompt() -> str:
         "large, moving left, right, up, down, bouncing, or still, slowly or fast; an "
         "environment (meadow, desert, snowfield, ocean or city); day or night; and a camera "
         "that is static, pans left or right, or zooms in or out. Keep everything the prompt "
-        "states, fill in everything else, and describe every object fully. Reply with the "
+        "states, fill in everything else (an object whose size is not stated is large), and "
+        "describe every object fully. Reply with the "
         "caption only, in one paragraph.\nExamples:\n" + "\n".join(examples)
     )
 
