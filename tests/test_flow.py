@@ -168,3 +168,41 @@ def test_loss_is_fp32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = flow_loss(model, x0, torch.full((B,), 0.5), eps, None)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_temporal_weight_costs_flicker_not_what_every_frame_shares():
+    x0, eps = batch()
+    t = torch.tensor([0.3, 0.6, 0.9])
+    target = eps - x0
+    shared = torch.randn(B, C, 1, H, W).expand(B, C, T, H, W)  # the same error in every frame
+    flicker = shared * torch.tensor([1.0, -1.0] * (T // 2) + [1.0] * (T % 2))[:, None, None]
+    for e in (shared, flicker):
+        model = lambda x, tf, c, m, e=e: target + e
+        plain = flow_loss(model, x0, t, eps, None)
+        torch.testing.assert_close(plain, e.square().mean())
+        weighted = flow_loss(model, x0, t, eps, None, temporal_weight=0.5)
+        change = (e[:, :, 1:] - e[:, :, :-1]).square().mean()
+        torch.testing.assert_close(weighted, plain + 0.5 * change)
+    shared_w = flow_loss(lambda x, tf, c, m: target + shared, x0, t, eps, None, temporal_weight=1)
+    flicker_w = flow_loss(lambda x, tf, c, m: target + flicker, x0, t, eps, None, temporal_weight=1)
+    torch.testing.assert_close(shared_w, shared.square().mean())  # nothing added
+    torch.testing.assert_close(flicker_w, 5 * flicker.square().mean())  # 1 + 4 x the weight
+
+
+def test_temporal_term_skips_known_frames():
+    x0, eps = batch(1)
+    t = torch.tensor([0.2, 0.5, 0.8])
+    cond = FrameCondition.prefix(x0[:, :, :2], T)  # frames 0, 1 known
+
+    def wild(x, tf, c, m):  # NaN wherever t = 0, zero elsewhere
+        return torch.where((tf == 0)[:, None, :, None, None], torch.nan, torch.zeros_like(x))
+
+    zero = lambda x, tf, c, m: torch.zeros_like(x)
+    got = flow_loss(wild, x0, t, eps, None, cond=cond, temporal_weight=1.0)
+    torch.testing.assert_close(got, flow_loss(zero, x0, t, eps, None, cond=cond, temporal_weight=1))
+    err = -(eps - x0)[:, :, 2:]  # the unknown frames' error
+    expected = err.square().mean() + (err[:, :, 1:] - err[:, :, :-1]).square().mean()
+    torch.testing.assert_close(got, expected)
+    # A single frame (an image) has no change to cost.
+    img = flow_loss(zero, x0[:, :, :1], t, eps[:, :, :1], None, temporal_weight=1.0)
+    torch.testing.assert_close(img, (eps - x0)[:, :, :1].square().mean())

@@ -102,6 +102,9 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # None: flow.shift_for_tokens, which gives a small latent none (1.0).
     shift: float | None = None
     mse_weight: float = 0.0  # vae stage: an MSE term beside L1, so small objects count
+    # dit stage: weight of a loss on the velocity error's change from one latent frame to the
+    # next (flow.flow_loss), which stresses what moves over the background every frame shares.
+    temporal_weight: float = 0.0
     # Relative weight of each frame condition drawn for dit-stage samples (names as
     # diffusion/conditioning.py's KINDS; a kind left out of the mapping has weight 0): one
     # model learns text-to-video (none), image-to-video (first_frame), extension (prefix,
@@ -330,6 +333,7 @@ def validate(cfg: TrainConfig) -> None:
     )
     _check(t.shift is None or t.shift > 0, f"train.shift must be > 0 (or null), got {t.shift}")
     _check(t.mse_weight >= 0.0, f"train.mse_weight must be >= 0, got {t.mse_weight}")
+    _check(t.temporal_weight >= 0.0, f"train.temporal_weight must be >= 0, got {t.temporal_weight}")
     for name, p in t.conditions.items():
         _choice(f"train.conditions.{name}", name, CONDITION_NAMES)
         _check(p >= 0.0, f"train.conditions.{name} must be >= 0, got {p}")

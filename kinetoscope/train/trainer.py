@@ -330,7 +330,7 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     known = random_condition(b, t_lat, g, probs)  # [B, T] True = given clean
     noise = torch.randn(x0.shape, generator=g).to(device)
     cond = FrameCondition(known.to(device), x0)
-    return flow_loss(forward, x0, t, noise, ids, ids_mask, cond)
+    return flow_loss(forward, x0, t, noise, ids, ids_mask, cond, cfg.train.temporal_weight)
 
 
 def _kinds() -> tuple[str, ...]:
