@@ -31,7 +31,7 @@ from kinetoscope.diffusion.flow import flow_loss
 from kinetoscope.pipeline import Notice, Pipeline
 from kinetoscope.world.captions import caption
 from kinetoscope.world.render import render
-from kinetoscope.world.scene import HELDOUT, VOCAB, Scene, is_excluded, sample_scene
+from kinetoscope.world.scene import HELDOUT, VOCAB, Obj, Scene, is_excluded, sample_scene
 
 OBJECT_SWAPS = ("color", "shape", "motion", "speed")
 SCENE_SWAPS = ("camera", "environment")
@@ -48,16 +48,17 @@ def moving_scene(rng: np.random.Generator) -> Scene:
 
 def swapped(scene: Scene, key: str, rng: np.random.Generator) -> Scene | None:
     """Returns the scene with `key` set to another value (None if every other is held out)."""
-    for value in rng.permutation([v for v in VOCAB[key] if v != _get(scene, key)]):
+    for value in rng.permutation([v for v in VOCAB[key] if v != getattr(_holder(scene, key), key)]):
         other = copy.deepcopy(scene)
-        setattr(other.objects[0] if key in OBJECT_SWAPS else other, key, str(value))
+        setattr(_holder(other, key), key, str(value))
         if not is_excluded(other, HELDOUT):
             return other
     return None
 
 
-def _get(scene: Scene, key: str) -> str:
-    return getattr(scene.objects[0] if key in OBJECT_SWAPS else scene, key)
+def _holder(scene: Scene, key: str) -> Scene | Obj:
+    """Returns what holds `key`: the scene's one object, or the scene."""
+    return scene.objects[0] if key in OBJECT_SWAPS else scene
 
 
 @torch.no_grad()
@@ -78,11 +79,10 @@ def measure(pipe: Pipeline, runs: int, times: list[float], seed: int = 99) -> di
             other = swapped(scene, key, rng)
             captions[key] = None if other is None else caption(other, "detailed", seed=i)
         noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(i))
-        first = torch.zeros(1, z.shape[2], dtype=torch.bool)
-        first[0, 0] = True
+        first = FrameCondition.first_frame(z[:, :, :1], z.shape[2])  # as image to video
         with pipe._autocast():
             encoded = {k: pipe.text_encoder([c]) for k, c in captions.items() if c is not None}
-            for mode, cond in (("text", None), ("first frame", FrameCondition(first, z))):
+            for mode, cond in (("text", None), ("first frame", first)):
                 for t in times:
                     run = {}
                     for k, (ctx, mask) in encoded.items():
