@@ -103,7 +103,31 @@ def test_context_cache_reuses_text_work_and_gives_the_same_velocity():
                 model(xs, ts, ctx, mask, cache=cache), model(xs, ts, ctx, mask), rtol=0, atol=0
             )
     assert len(calls) == 1 + 3  # the cached model embedded the context once, the plain one 3x
-    assert len(cache) == 1 + CFG.num_layers  # the context, each block's cross-attention k, v
+    assert len(cache) == 1  # the context's work: each block's cross-attention k, v, and the mask
+
+
+def test_compiled_blocks_give_the_velocity_of_eager_and_never_recompile_for_the_cache():
+    # The blocks keep no state (the context's keys and values come in as arguments), so one
+    # compile serves every block and every sampler step, with or without a cache.
+    import torch._dynamo
+
+    model = make()
+    x, t, ctx = inputs()
+    with torch.no_grad():
+        eager = model(x, t, ctx)
+        model.compile_blocks()
+        torch._dynamo.reset()
+        cache = {}
+        first = model(x, t, ctx, cache=cache)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for step in range(3):  # a sampler's steps: new latents and times, one context
+                torch.testing.assert_close(
+                    model(x + step, t / (step + 1), ctx, cache=cache),
+                    model(x + step, t / (step + 1), ctx),
+                    rtol=1e-4, atol=1e-5,
+                )  # fmt: skip
+    torch.testing.assert_close(first, eager, rtol=1e-4, atol=1e-5)
+    assert set(model.state_dict()) == set(make().state_dict())  # names unchanged
 
 
 def test_text_len_zero_pads_context_like_wan():

@@ -88,15 +88,6 @@ def dit_config(name: str, **overrides) -> DiTConfig:
     return replace(PRESETS[name], **overrides)
 
 
-def cached(cache: dict | None, key, compute):
-    """Returns compute(), kept in `cache` under `key` and reused from there (no cache: computed)."""
-    if cache is None:
-        return compute()
-    if key not in cache:
-        cache[key] = compute()
-    return cache[key]
-
-
 class Attention(nn.Module):
     """Multi-head attention with RMSNorm over all heads' q and k (Wan's qk_norm); RoPE if given."""
 
@@ -110,18 +101,20 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
+    def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the keys and values [B, L, heads, head_dim] of x [B, L, D]."""
+        heads = lambda z: z.unflatten(-1, (self.num_heads, -1))
+        return heads(self.norm_k(self.k(x))), heads(self.v(x))
+
     def forward(
         self,
         x: torch.Tensor,  # [B, N, D]
-        context: torch.Tensor | None = None,  # [B, L, D]; None = self-attention
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,  # cross-attention: `kv(context)`
         key_mask: torch.Tensor | None = None,  # [B, L] bool
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,  # cos, sin [N, head_dim/2]
-        cache: dict | None = None,  # cross-attention: keeps k, v of a context met before
     ) -> torch.Tensor:
-        heads = lambda z: z.unflatten(-1, (self.num_heads, -1))  # [B, *, h, d]
-        q = heads(self.norm_q(self.q(x)))
-        kv = x if context is None else context
-        k, v = cached(cache, self, lambda: (heads(self.norm_k(self.k(kv))), heads(self.v(kv))))
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, N, h, d]
+        k, v = self.kv(x) if kv is None else kv
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return self.o(attention(q, k, v, key_mask))  # [B, N, D]
@@ -145,15 +138,15 @@ class DiTBlock(nn.Module):
         # Learned per-block offset added to the shared timestep projection (6 vectors).
         self.modulation = nn.Parameter(torch.zeros(1, 6, d))
 
-    def forward(self, x, e, context, context_mask, rope, cache=None):
-        # x [B, N, D]; e [B, F, 6, D] (F = 1 or latent frames); context [B, L, D]
+    def forward(self, x, e, kv, context_mask, rope):
+        # x [B, N, D]; e [B, F, 6, D] (F = 1 or latent frames); kv: cross_attn.kv(context)
         mod = self.modulation.float().unsqueeze(0) + e  # [B, F, 6, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(dim=2)  # each [B, F, D]
 
         h = modulate(self.norm1(x), shift1, scale1).type_as(x)
         x = gated_residual(x, self.self_attn(h, rope=rope), gate1)
 
-        x = x + self.cross_attn(self.norm3(x), context, context_mask, cache=cache).type_as(x)
+        x = x + self.cross_attn(self.norm3(x), kv, context_mask).type_as(x)
 
         h = modulate(self.norm2(x), shift2, scale2).type_as(x)
         return gated_residual(x, self.ffn(h), gate2)
@@ -239,8 +232,9 @@ class DiT(nn.Module):
         cache: dict | None = None,
     ) -> torch.Tensor:
         """Returns the velocity. `cache`: a dict kept across calls that share one context (a
-        sampler's steps); the first call stores the embedded context and every block's
-        cross-attention keys and values in it, later calls reuse them (same numbers, less work).
+        sampler's steps); the first call stores every block's cross-attention keys and values of
+        the embedded context in it, later calls reuse them (same numbers, less work). The blocks
+        themselves keep no state, so compiled blocks never see the cache.
         """
         cfg = self.cfg
         b, c, frames, height, width = x.shape
@@ -260,18 +254,24 @@ class DiT(nn.Module):
             e = self.time_embedding(freq.to(w.dtype)).float().unflatten(0, (b, -1))  # [B, F, D]
             e0 = self.time_projection(e.to(w.dtype)).float().unflatten(-1, (6, cfg.dim))
 
-        def embed():
+        def embed():  # the context's work: its embedding, every block's keys and values
             c, m = self._pad_context(context, context_mask)
-            return self.text_embedding(c.to(dtype)), m  # [B, L, D], [B, L]
+            c = self.text_embedding(c.to(dtype))  # [B, L, D]
+            return [block.cross_attn.kv(c) for block in self.blocks], m
 
-        context, context_mask = cached(cache, self, embed)
+        if cache is None:
+            kvs, context_mask = embed()
+        else:
+            if self not in cache:
+                cache[self] = embed()
+            kvs, context_mask = cache[self]
 
         rope = rope_freqs_3d(cfg.head_dim, grid, cfg.rope_theta, x.device)
-        for block in self.blocks:
+        for block, kv in zip(self.blocks, kvs):
             if cfg.grad_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(block, x, e0, context, context_mask, rope, use_reentrant=False)
+                x = checkpoint(block, x, e0, kv, context_mask, rope, use_reentrant=False)
             else:
-                x = block(x, e0, context, context_mask, rope, cache)
+                x = block(x, e0, kv, context_mask, rope)
 
         x = self.head(x, e)  # [B, N, pt*ph*pw*C]
         # Wan orders each token's outputs (pt, ph, pw, C): C varies fastest.
@@ -312,6 +312,14 @@ class DiT(nn.Module):
                 f"context must be [B={b}, L, {cfg.text_dim}], got {tuple(context.shape)}"
             )
         check_key_mask(context_mask, b, context.shape[1], "context_mask")
+
+    def compile_blocks(self) -> DiT:
+        """torch.compile each block in place (regional compilation: the blocks share one code
+        object, so one compile serves all of them) and returns the model. The loop around them
+        stays eager; state-dict names do not change."""
+        for block in self.blocks:
+            block.compile()
+        return self
 
     def num_params(self) -> int:
         """Return the number of parameters."""
