@@ -40,6 +40,12 @@ def _opt(p: argparse.ArgumentParser, *names: str) -> None:
             help="'shapeworld-tiny' (bundled), a trained folder, or a Wan2.1 folder",
         ),
         "device": dict(flags=["--device"], default=None, help="cpu, cuda, cuda:1 (default: best)"),
+        "compile": dict(
+            flags=["--compile"],
+            action="store_true",
+            help="torch.compile the DiT's blocks: a slower first step, faster later ones (for "
+            "large models on a GPU; docs/wan.md)",
+        ),
         "keyframe": dict(
             flags=["--keyframe"],
             action=argparse.BooleanOptionalAction,
@@ -58,12 +64,13 @@ def _opt(p: argparse.ArgumentParser, *names: str) -> None:
         p.add_argument(*s.pop("flags"), **s)
 
 
-GEN = ("out", "seed", "size", "seconds", "frames", "fps", "steps", "guidance", "model", "device")
+GEN = ("out", "seed", "size", "seconds", "frames", "fps", "steps", "guidance", "model", "device",
+       "compile")  # fmt: skip
 
 
 def _pipeline(args: argparse.Namespace):
     """Returns the pipeline of --model on --device, with --keyframe / --guide-frames applied
-    when given."""
+    when given, its DiT's blocks compiled with --compile."""
     from dataclasses import replace
 
     from kinetoscope.pipeline import Pipeline
@@ -73,6 +80,8 @@ def _pipeline(args: argparse.Namespace):
         pipe.defaults = replace(pipe.defaults, keyframe=args.keyframe)
     if getattr(args, "guide_frames", None) is not None:
         pipe.defaults = replace(pipe.defaults, guide_frames=args.guide_frames)
+    if getattr(args, "compile", False):
+        pipe.dit.compile_blocks()
     return pipe
 
 
