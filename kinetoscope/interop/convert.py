@@ -93,7 +93,7 @@ def vae_to_diffusers(state_dict: dict, num_res_blocks: int) -> dict:
 
 def vae_config_from_diffusers(config: dict):
     """Returns the VAEConfig of a diffusers AutoencoderKLWan config.json dict (Wan2.1 only)."""
-    from kinetoscope.models.vae import VAEConfig
+    from kinetoscope.models.vae import PRESETS, VAEConfig
 
     if config.get("is_residual") or config.get("patch_size") or config.get("decoder_base_dim"):
         raise ValueError(
@@ -109,6 +109,7 @@ def vae_config_from_diffusers(config: dict):
         temperal_downsample=tuple(config.get("temperal_downsample", (False, True, True))),
         latents_mean=config.get("latents_mean"),
         latents_std=config.get("latents_std"),
+        tile_above=PRESETS["wan2.1"].tile_above,
     )
 
 
@@ -145,6 +146,7 @@ def vae_config_from_state(state: dict):
         temperal_downsample=tuple(temporal),
         latents_mean=wan.latents_mean,
         latents_std=wan.latents_std,
+        tile_above=wan.tile_above,
     )
 
 

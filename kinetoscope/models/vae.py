@@ -90,6 +90,9 @@ PRESETS: dict[str, VAEConfig] = {
         temperal_downsample=(False, True, True),
         latents_mean=WAN21_LATENTS_MEAN,
         latents_std=WAN21_LATENTS_STD,
+        # Its native 480x832 (60x104 latents) decodes whole, as Wan and diffusers do: in tiles it
+        # took 2.4x as long on an H200 for no less memory (benchmarks/peer.py --gpu); 720p tiles.
+        tile_above=128,
     ),
 }
 
