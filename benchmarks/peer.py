@@ -2,7 +2,8 @@
 
     python benchmarks/peer.py            # CPU, a small config, fp32 and bf16, 1 thread, medians
     python benchmarks/peer.py --gpu      # the real 1.3B shape at 480x832, 81 frames (random
-                                         # weights): seconds per denoising step + peak memory
+                                         # weights): seconds per denoising step + peak memory,
+                                         # eager and with --compile's compiled blocks
 
 Both implementations are built in one process from one set of random weights: the reference
 is diffusers' WanTransformer3DModel + AutoencoderKLWan (+ transformers' UMT5), saved as a
@@ -10,9 +11,11 @@ diffusers folder that our loader (kinetoscope.interop.wan) reads. Each figure is
 `--reps` runs after one warm-up. The output columns say how far our result is from the
 reference's (relative L2 error), so a speed-up never hides a change of the math.
 
-The reference runs the way diffusers' WanPipeline runs it: bf16 = every model `.to(bf16)`,
-CFG as two forwards per step. Ours runs as the Pipeline does: bf16 = autocast with bf16 DiT
-weights and an fp32 VAE, CFG batched into one forward of batch 2.
+The reference runs the way diffusers' WanPipeline runs it: bf16 = every model as
+`from_pretrained(torch_dtype=bf16)` leaves it (the modules it lists as `_keep_in_fp32_modules`
+stay float32), CFG as two forwards per step. Ours runs as the Pipeline does: bf16 = autocast with
+bf16 DiT weights and an fp32 VAE, CFG batched into one forward of batch 2. `--gpu` builds the two
+DiTs in memory (no folder) and checks equality in fp32 with TF32 off before timing in bf16.
 """
 
 from __future__ import annotations
@@ -81,6 +84,17 @@ def build_reference(dim_heads=(6, 64), layers=4, text_dim=64, vae_dim=32):
     return transformer.eval(), vae.eval(), text_encoder.eval(), tokenizer
 
 
+def as_diffusers_loads(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Returns model cast to dtype as diffusers' from_pretrained(torch_dtype=dtype) leaves it:
+    the modules the class names in `_keep_in_fp32_modules` stay float32."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    model = model.to(dtype)
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and any(k in name.split(".") for k in keep):
+            t.data = t.data.float()
+    return model
+
+
 def reference_generate(ref, prompt, noise, steps, guidance, shift, dtype):
     """Returns the video of diffusers' WanPipeline loop (FlowMatchEuler on our sigma grid)."""
     import diffusers
@@ -103,7 +117,9 @@ def reference_generate(ref, prompt, noise, steps, guidance, shift, dtype):
 
 
 def cpu(args) -> None:
-    import diffusers  # noqa: F401  (fail early when the reference is missing)
+    import diffusers  # (fail early when the reference is missing)
+
+    diffusers.utils.logging.set_verbosity_error()  # its .to() warning: as_diffusers_loads fixes it
 
     from kinetoscope.interop.wan import load_pipeline
 
@@ -130,7 +146,7 @@ def cpu(args) -> None:
     prompt = "a red circle moves left over the sea"
     for dtype in (torch.float32, torch.bfloat16):
         name = "fp32" if dtype == torch.float32 else "bf16"
-        ref = [m.to(dtype) if i < 3 else m for i, m in enumerate(ref32)]
+        ref = [as_diffusers_loads(m, dtype) if i < 3 else m for i, m in enumerate(ref32)]
         pipe = load_pipeline(folder, device="cpu", dtype=dtype)
         rows = run_dtype(args, ref, pipe, dtype, x, ctx, z, prompt)
         for what, tr, to, err in rows:
@@ -193,60 +209,171 @@ def run_dtype(args, ref, pipe, dtype, x, ctx, z, prompt) -> list[tuple]:
     return rows
 
 
+def gpu_kernels(fn) -> str:
+    """Returns where one run of fn spends its device time: attention, GEMM and other kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    own = lambda e: getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
+    events = [(own(e) / 1e6, e.key) for e in prof.key_averages() if own(e) > 0]
+    kinds = {"attention": ("attn", "attention", "fmha", "flash", "sdpa"),
+             "GEMM": ("gemm", "nvjet", "xmma", "cutlass", "matmul")}  # fmt: skip
+    split = dict.fromkeys([*kinds, "other"], 0.0)
+    for t, k in events:
+        kind = next((n for n, ws in kinds.items() if any(w in k.lower() for w in ws)), "other")
+        split[kind] += t
+    top = max(events)[1][:60] if events else ""
+    return ", ".join(f"{k} {v:.3f} s" for k, v in split.items()) + f"; longest: {top}"
+
+
 def gpu(args) -> None:
-    """Times one denoising step (CFG) of the 1.3B DiT at 480x832, 81 frames, and a VAE decode."""
+    """The 1.3B DiT at 480x832, 81 frames: equal output, time per denoising step, peak memory.
+
+    One random reference (diffusers, its own init plus noise so that no weight is zero) and our
+    model loaded from its state dict through the interop key map. Equality is checked in fp32
+    (TF32 off) on the first `--check-frames` latent frames, and in bf16 on the whole clip. Only
+    the model being timed is on the device, so each peak is its own weights plus its work.
+    """
     import diffusers
 
-    from kinetoscope.models.dit import DiT, dit_config
+    from kinetoscope.interop import convert, wan, wan_dit_keys, wan_vae_keys
+    from kinetoscope.models.dit import DiT
     from kinetoscope.models.vae import VAE
 
-    dev, dtype = torch.device("cuda"), torch.bfloat16
-    sync = torch.cuda.synchronize
-    T, h, w = 21, 60, 104  # 81 frames at 480x832
-    x = torch.randn(1, 16, T, h, w, device=dev)
-    ctx = torch.randn(1, 512, 4096, device=dev)
-    print(f"# {torch.cuda.get_device_name()}, bf16, latents [16, {T}, {h}, {w}], random weights")
-    print(f"{'what':<26}{'reference s':>12}{'ours s':>9}{'speed-up':>10}"
-          f"{'ref peak GB':>12}{'our peak GB':>12}")  # fmt: skip
+    diffusers.utils.logging.set_verbosity_error()  # its .to() warning: as_diffusers_loads fixes it
+    dev, bf16 = torch.device(args.device), torch.bfloat16
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    T, h, w = args.shape
+    g = torch.Generator(dev).manual_seed(0)
+    x = torch.randn(1, 16, T, h, w, device=dev, generator=g)
+    ctx = torch.randn(1, 512, 4096, device=dev, generator=g)
+    z = torch.randn(1, 16, T, h, w, device=dev, generator=g)
+    name = torch.cuda.get_device_name() if cuda else str(dev)
+    print(f"# {name}, torch {torch.__version__}, diffusers {diffusers.__version__}; DiT "
+          f"{args.layers} layers dim 1536, latents [16, {T}, {h}, {w}], random weights; "
+          f"median of {args.reps} ({args.vae_reps} for the VAE) after a warm-up",
+          flush=True)  # fmt: skip
 
-    def peak(fn):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        t = median_time(fn, args.reps, sync)
-        return t, torch.cuda.max_memory_allocated() / 2**30
+    first = [0.0]  # seconds of the last timed() call's first run (compilation included)
 
+    def timed(fn, reps):
+        """Returns (output of the first run, median seconds after a warm-up, peak GiB)."""
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        first[0] = time.perf_counter() - t0
+        t = median_time(fn, reps, sync) if reps else float("nan")
+        return out, t, (torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"))
+
+    def row(what, label, tr, to, mr, mo, err):
+        print(f"{what:<24}{label:<31}{tr:>12.3f}{to:>8.3f}{tr / to:>9.2f}x{mr:>9.1f}{mo:>9.1f}"
+              f"{err:>9.1e}", flush=True)  # fmt: skip
+
+    notes = []
+    torch.manual_seed(0)
     with torch.no_grad():
         with torch.device(dev):
             ref = diffusers.WanTransformer3DModel(
-                num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30
-            )
-        ref = ref.to(dtype).eval()
+                num_attention_heads=12, attention_head_dim=128, ffn_dim=8960,
+                num_layers=args.layers,
+            ).eval()  # fmt: skip
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        state = wan_dit_keys.from_diffusers({k: v.clone() for k, v in ref.state_dict().items()})
+        with torch.device("meta"):
+            ours = DiT(wan_dit_keys.config_from_diffusers(dict(ref.config)))
+        ours = wan.assign(ours, state, "transformer", Path("reference")).eval()
+        del state
+
+        # fp32, TF32 off: the same function.
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        n = min(args.check_frames, T)
         t500 = torch.tensor([500.0], device=dev)
-        t_ref, m_ref = peak(lambda: [ref(x.to(dtype), t500, ctx.to(dtype)) for _ in range(2)])
-        ref = None  # free it before ours is built
-        with torch.device(dev):
-            ours = DiT(dit_config("wan2.1-1.3b"))
-        ours = ours.to(dtype).eval()
-        t_half = torch.full((2,), 0.5, device=dev)
-        xx, cc = torch.cat([x, x]), torch.cat([ctx, ctx])
-        t_our, m_our = peak(lambda: ours(xx, t_half, cc, None))
-        ours = None
-        print(f"{'DiT step (CFG pair)':<26}{t_ref:>12.3f}{t_our:>9.3f}{t_ref / t_our:>9.2f}x"
-              f"{m_ref:>12.1f}{m_our:>12.1f}")  # fmt: skip
-        z = torch.randn(1, 16, T, h, w, device=dev)
+        r = ref(x[:, :, :n], t500, ctx, return_dict=False)[0]
+        o = ours(x[:, :, :n], torch.tensor([0.5], device=dev), ctx)
+        print(f"fp32 DiT forward, latents [16, {n}, {h}, {w}]: rel err {rel_err(o, r):.1e}")
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        del r, o
+
+        print(f"{'what':<24}{'ours':<31}{'reference s':>12}{'ours s':>8}{'speed-up':>10}"
+              f"{'ref GiB':>9}{'our GiB':>9}{'rel err':>9}", flush=True)  # fmt: skip
+        # bf16, as each side runs: the reference as diffusers loads it in bf16 (a few modules
+        # kept float32), its CFG two forwards; ours bf16 weights under autocast, CFG one forward
+        # of batch 2, the context's keys and values cached across steps (the sampler's `cache`).
+        ref, ours = as_diffusers_loads(ref, bf16), ours.to(bf16).cpu()
+        xb, cb = x.to(bf16), ctx.to(bf16)
+        ref_pair = lambda: [ref(xb, t500, cb, return_dict=False)[0] for _ in range(2)]
+        ref_out, t_ref, m_ref = timed(ref_pair, args.reps)
+        ref_out = ref_out[0].float()
+        if cuda:
+            notes.append(f"reference: {gpu_kernels(ref_pair)}")
+        ref = ref.cpu()
+        ours = ours.to(dev)
+        xx, cc, t_half = torch.cat([x, x]), torch.cat([ctx, ctx]), torch.full((2,), 0.5, device=dev)
+        for label in ["eager", *([] if args.no_compile else ["compiled blocks"])]:
+            if label == "compiled blocks":
+                ours.compile_blocks()  # the --compile flag
+
+            def step(cache={}):  # noqa: B006 (one cache per variant, kept across its steps)
+                with torch.autocast(dev.type, dtype=bf16):
+                    return ours(xx, t_half, cc, None, cache=cache)
+
+            out, t_our, m_our = timed(step, args.reps)
+            row("DiT step (CFG pair)", label, t_ref, t_our, m_ref, m_our,
+                rel_err(out[:1].float(), ref_out))  # fmt: skip
+            notes.append(f"{label}: first call {first[0]:.1f} s")
+            if cuda:
+                notes.append(f"{label}: {gpu_kernels(step)}")
+        ours = ref = ref_out = out = None  # free the device for the VAE
+        if args.no_vae:
+            for note in notes:
+                print(f"# {note}")
+            return
+
+        # VAE decode: the reference in fp32 as WanPipeline runs it, ours as the Pipeline runs it
+        # (bf16 autocast; 60x104 latents decode whole, as the reference's) and in fp32. First
+        # the fp32 check on the first latent frames, TF32 off.
         with torch.device(dev):
             rvae = diffusers.AutoencoderKLWan().eval()
-        t_ref, m_ref = peak(lambda: rvae.decode(z).sample)
-        rvae = None
-        ovae = VAE.from_preset("wan2.1").to(dev).eval()
+        for p in rvae.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        ovae = VAE(convert.vae_config_from_diffusers(dict(rvae.config)))
+        wan_vae_keys.load_wan_vae(ovae, rvae.state_dict())
+        ovae = ovae.channels_last_().eval().to(dev)
+        mean = torch.tensor(rvae.config.latents_mean, device=dev).view(1, 16, 1, 1, 1)
+        std = torch.tensor(rvae.config.latents_std, device=dev).view(1, 16, 1, 1, 1)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        zs = z[:, :, :n]
+        r = rvae.decode(zs * std + mean).sample
+        print(f"fp32 VAE decode, latents [16, {n}, {h}, {w}]: rel err "
+              f"{rel_err(ovae.decode(zs), r):.1e}", flush=True)  # fmt: skip
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        r = None
+        ovae = ovae.cpu()
+        ref_video, t_ref, m_ref = timed(lambda: rvae.decode(z * std + mean).sample, args.vae_reps)
+        ref_video = ref_video.float()
+        rvae = rvae.cpu()
+        ovae = ovae.to(dev)
+        frames = 1 + 4 * (T - 1)
+        for label, amp in (("bf16 autocast", True), ("fp32", False)):
 
-        def our_decode():
-            with torch.autocast("cuda", dtype=dtype):
-                return ovae.decode(z)
+            def decode(amp=amp):
+                with torch.autocast(dev.type, dtype=bf16, enabled=amp):
+                    return ovae.decode(z)
 
-        t_our, m_our = peak(our_decode)
-        print(f"{'VAE decode (81 frames)':<26}{t_ref:>12.3f}{t_our:>9.3f}{t_ref / t_our:>9.2f}x"
-              f"{m_ref:>12.1f}{m_our:>12.1f}")  # fmt: skip
+            out, t_our, m_our = timed(decode, args.vae_reps)
+            row(f"VAE decode ({frames} frames)", label, t_ref, t_our, m_ref, m_our,
+                rel_err(out.float(), ref_video))  # fmt: skip
+            out = None
+    for note in notes:
+        print(f"# {note}")
 
 
 def main() -> None:
@@ -257,9 +384,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--latent-frames", type=int, default=3)
     p.add_argument("--latent-size", type=int, default=8)
+    p.add_argument("--device", default="cuda", help="--gpu: the device (cpu for a smoke run)")
+    p.add_argument("--layers", type=int, default=30, help="--gpu: DiT blocks (1.3B: 30)")
+    p.add_argument(
+        "--shape",
+        type=lambda s: tuple(int(v) for v in s.split(",")),
+        default=(21, 60, 104),
+        help="--gpu: latent T,H,W (81 frames at 480x832)",
+    )
+    p.add_argument("--check-frames", type=int, default=3, help="--gpu: latent frames, fp32 check")
+    p.add_argument("--vae-reps", type=int, default=1, help="--gpu: timed VAE decodes")
+    p.add_argument("--no-compile", action="store_true", help="--gpu: skip the compiled row")
+    p.add_argument("--no-vae", action="store_true", help="--gpu: skip the VAE rows")
     args = p.parse_args()
     if args.gpu:
-        if not torch.cuda.is_available():
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise SystemExit("--gpu needs a CUDA device")
         gpu(args)
     else:
