@@ -54,8 +54,11 @@ def small_mp4(tmp_path, make_video):
 # The CLI exactly as `kinetoscope` runs it, with a ~60k-parameter VAE preset registered first,
 # so a real training process steps in well under a second on a busy CPU.
 MICRO_CLI = """import sys
-from kinetoscope.models import vae as V
+from kinetoscope.models import dit as D, text as T, vae as V
 V.PRESETS["micro"] = V.VAEConfig(dim=8, dim_mult=(1, 1, 1, 1), z_dim=4)
+D.PRESETS["micro"] = D.DiTConfig(in_channels=4, out_channels=4, dim=32, ffn_dim=64, num_layers=2,
+                                 num_heads=2, text_dim=32, freq_dim=32)
+T.BYTE_PRESETS["micro"] = T.ByteTextConfig(dim=32, num_layers=1, num_heads=2, ffn_dim=64)
 from kinetoscope.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -63,7 +66,8 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture
 def micro_cli(tmp_path):
-    """Returns a script running `kinetoscope` with the `micro` VAE preset (python or torchrun)."""
+    """Returns a script running `kinetoscope` with `micro` VAE, DiT and text presets (python or
+    torchrun)."""
     script = tmp_path / "micro_cli.py"
     script.write_text(MICRO_CLI)
     return script

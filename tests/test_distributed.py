@@ -169,3 +169,30 @@ def test_torchrun_trains_the_vae_and_exits_cleanly(strategy, tmp_path, micro_cli
     assert done.stdout.count("kinetoscope train: done") == 1
     assert (tmp_path / "run" / "step_000002").is_dir()
     assert list((tmp_path / "run" / "samples_000002").glob("recon_*.gif"))
+
+
+def test_torchrun_trains_the_dit_with_fsdp(tmp_path, micro_cli):
+    """The DiT stage on 2 ranks with FSDP: each block's weights are gathered only inside its
+    own forward, so the model must not touch a block's weights outside it (the text context's
+    keys and values are computed inside each block in training)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    vae = tmp_path / "vae"
+    common = ["data.buckets=[[5,16,16]]", "data.image_share=0", "data.tokens_per_batch=32",
+              "data.max_batch_size=2", "data.num_workers=0", "data.latent_cache=null",
+              "optim.warmup=1", "train.steps=2", "train.sample_every=2",
+              "train.ema_decay=0"]  # fmt: skip
+    make_vae = [sys.executable, str(micro_cli), "train", "/dev/null", *common,
+                "model.stage=vae", "model.vae=micro", f"train.out={vae}"]  # fmt: skip
+    done = subprocess.run(make_vae, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(micro_cli), "train", "/dev/null", *common, "model.stage=dit", "model.vae=micro",
+           "model.dit=micro", "model.text=micro", f"model.vae_path={vae}", "dist.mode=fsdp",
+           f"train.out={tmp_path / 'dit'}"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("kinetoscope train: done") == 1
+    assert (tmp_path / "dit" / "step_000002").is_dir()

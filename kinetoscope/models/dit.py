@@ -138,14 +138,16 @@ class DiTBlock(nn.Module):
         # Learned per-block offset added to the shared timestep projection (6 vectors).
         self.modulation = nn.Parameter(torch.zeros(1, 6, d))
 
-    def forward(self, x, e, kv, context_mask, rope):
-        # x [B, N, D]; e [B, F, 6, D] (F = 1 or latent frames); kv: cross_attn.kv(context)
+    def forward(self, x, e, context, context_mask, rope, kv=None):
+        # x [B, N, D]; e [B, F, 6, D] (F = 1 or latent frames); context [B, L, D];
+        # kv: cross_attn.kv(context) when the caller has it already (a sampler's later steps)
         mod = self.modulation.float().unsqueeze(0) + e  # [B, F, 6, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(dim=2)  # each [B, F, D]
 
         h = modulate(self.norm1(x), shift1, scale1).type_as(x)
         x = gated_residual(x, self.self_attn(h, rope=rope), gate1)
 
+        kv = self.cross_attn.kv(context) if kv is None else kv
         x = x + self.cross_attn(self.norm3(x), kv, context_mask).type_as(x)
 
         h = modulate(self.norm2(x), shift2, scale2).type_as(x)
@@ -233,8 +235,8 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         """Returns the velocity. `cache`: a dict kept across calls that share one context (a
         sampler's steps); the first call stores every block's cross-attention keys and values of
-        the embedded context in it, later calls reuse them (same numbers, less work). The blocks
-        themselves keep no state, so compiled blocks never see the cache.
+        the embedded context in it, later calls reuse them (same numbers, less work). The cache
+        never reaches the blocks, so compiled blocks do not recompile for it.
         """
         cfg = self.cfg
         b, c, frames, height, width = x.shape
@@ -254,24 +256,24 @@ class DiT(nn.Module):
             e = self.time_embedding(freq.to(w.dtype)).float().unflatten(0, (b, -1))  # [B, F, D]
             e0 = self.time_projection(e.to(w.dtype)).float().unflatten(-1, (6, cfg.dim))
 
-        def embed():  # the context's work: its embedding, every block's keys and values
+        def embed():
             c, m = self._pad_context(context, context_mask)
-            c = self.text_embedding(c.to(dtype))  # [B, L, D]
-            return [block.cross_attn.kv(c) for block in self.blocks], m
+            return self.text_embedding(c.to(dtype)), m  # [B, L, D], [B, L]
 
-        if cache is None:
-            kvs, context_mask = embed()
-        else:
+        if cache is None:  # (training: FSDP gathers a block's weights only inside its forward)
+            (context, context_mask), kvs = embed(), [None] * len(self.blocks)
+        else:  # the context's work once: its embedding, every block's keys and values
             if self not in cache:
-                cache[self] = embed()
-            kvs, context_mask = cache[self]
+                c, m = embed()
+                cache[self] = c, m, [block.cross_attn.kv(c) for block in self.blocks]
+            context, context_mask, kvs = cache[self]
 
         rope = rope_freqs_3d(cfg.head_dim, grid, cfg.rope_theta, x.device)
         for block, kv in zip(self.blocks, kvs):
             if cfg.grad_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(block, x, e0, kv, context_mask, rope, use_reentrant=False)
+                x = checkpoint(block, x, e0, context, context_mask, rope, kv, use_reentrant=False)
             else:
-                x = block(x, e0, kv, context_mask, rope)
+                x = block(x, e0, context, context_mask, rope, kv)
 
         x = self.head(x, e)  # [B, N, pt*ph*pw*C]
         # Wan orders each token's outputs (pt, ph, pw, C): C varies fastest.
