@@ -20,7 +20,7 @@ from kinetoscope.data.manifest import ManifestClips, collate, frame_indices
 from kinetoscope.data.shapeworld import ShapeWorldClips, loader
 from kinetoscope.train.config import resolve
 from kinetoscope.video import Video
-from kinetoscope.world.scene import HELDOUT, is_excluded
+from kinetoscope.world.scene import HELDOUT, is_excluded, sample_scene
 
 BUCKETS = make_buckets([[9, 32, 32], [5, 32, 48], [1, 32, 32]])
 
@@ -95,11 +95,31 @@ def test_image_share_of_batches():
     assert not any(ds0.buckets[ds0.bucket_of(j)].is_image for j in range(200))
 
 
+def test_simple_share_of_one_object_static_camera_scenes():
+    def simple(ds):
+        scenes = [ds.scene(j, k)[0] for j in range(400) for k in range(3)]
+        one = [len(s.objects) == 1 and s.camera == "static" for s in scenes]
+        assert not any(is_excluded(s, HELDOUT) for s in scenes)
+        return np.mean(one), {s.environment for s in scenes}
+
+    share, envs = simple(_world(simple_share=0.5))
+    # Full scenes are one object under a static camera 1/3 x 1/5 of the time.
+    assert abs(share - (0.5 + 0.5 / 15)) < 0.05 and len(envs) == 5
+    assert abs(simple(_world())[0] - 1 / 15) < 0.03
+    # At 0 the stream is the one recipes had before the option (no extra draw).
+    before = sample_scene(np.random.default_rng([7, 2, 3, 1]), exclude=HELDOUT)
+    assert _world(simple_share=0.0).scene(3, 1)[0] == before
+    with pytest.raises(ValueError, match="simple_share"):
+        _world(simple_share=1.5)
+
+
 def test_shapeworld_from_config():
-    cfg = resolve({}, ["data.tokens_per_batch=1152", "data.max_batch_size=32", "train.seed=3"])
+    cfg = resolve({}, ["data.tokens_per_batch=1152", "data.max_batch_size=32", "train.seed=3",
+                       "data.simple_share=0.25"])  # fmt: skip
     ds = ShapeWorldClips.from_config(cfg, rank=1, world_size=2, start=5)
     assert [str(b) for b in ds.buckets] == ["33x64x64", "1x64x64"]
     assert ds.batch_sizes == [8, 32] and ds.seed == 3 and ds.rank == 1 and ds.start == 5
+    assert ds.simple_share == 0.25
 
 
 # ---- buckets ----------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ def test_bad_config_key_fails_in_one_line_naming_it(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # failed before any work
     rc = main(["train", "/dev/null", "optim.grad_accum=0"])
     assert rc == 2 and "optim.grad_accum" in capsys.readouterr().err
+    rc = main(["train", "/dev/null", "data.simple_share=1.5"])
+    assert rc == 2 and "data.simple_share" in capsys.readouterr().err
 
 
 def test_full_disk_keeps_previous_checkpoint_and_stops(tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ class ShapeWorldClips(IterableDataset):
 
     `batch_sizes[b]` is the per-rank batch size of bucket b. `image_share` is the share of
     batches drawn from the 1-frame buckets (images); the video buckets share the rest.
+    `simple_share` is the share of samples with one object under a static camera.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class ShapeWorldClips(IterableDataset):
         world_size: int = 1,
         start: int = 0,
         detail: str = "detailed",
+        simple_share: float = 0.0,
     ):
         super().__init__()
         if len(buckets) != len(batch_sizes):
@@ -56,12 +58,15 @@ class ShapeWorldClips(IterableDataset):
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         if not 0.0 <= image_share <= 1.0:
             raise ValueError(f"image_share must be in [0, 1], got {image_share}")
+        if not 0.0 <= simple_share <= 1.0:
+            raise ValueError(f"simple_share must be in [0, 1], got {simple_share}")
         self.buckets, self.batch_sizes = list(buckets), list(batch_sizes)
         self.images = [i for i, b in enumerate(self.buckets) if b.is_image]
         self.videos = [i for i, b in enumerate(self.buckets) if not b.is_image]
         self.fps, self.image_share, self.seed = fps, image_share, seed
         self.exclude = HELDOUT if exclude_heldout else ()
         self.rank, self.world_size, self.start, self.detail = rank, world_size, start, detail
+        self.simple_share = simple_share
 
     @classmethod
     def from_config(cls, cfg, rank: int = 0, world_size: int = 1, start: int = 0, tokens=None):
@@ -83,6 +88,7 @@ class ShapeWorldClips(IterableDataset):
             rank=rank,
             world_size=world_size,
             start=start,
+            simple_share=d.simple_share,
         )
 
     def bucket_of(self, j: int) -> int:
@@ -95,7 +101,11 @@ class ShapeWorldClips(IterableDataset):
     def scene(self, j: int, k: int) -> tuple[Scene, int, int]:
         """Returns (scene, render seed, caption seed) of sample k of global batch j."""
         rng = np.random.default_rng([self.seed, _SAMPLE_STREAM, j, k])
-        scene = sample_scene(rng, exclude=self.exclude)
+        if self.simple_share and rng.random() < self.simple_share:  # (no draw at 0: same stream)
+            scene = sample_scene(rng, exclude=self.exclude, num_objects=1)
+            scene.camera = "static"
+        else:
+            scene = sample_scene(rng, exclude=self.exclude)
         render_seed, caption_seed = (int(s) for s in rng.integers(0, 2**31, size=2))
         return scene, render_seed, caption_seed
 

@@ -58,6 +58,9 @@ class DataConfig:
     width: int = 64
     fps: float = 8.0
     image_share: float = 0.25  # share of batches that are 1-frame images (joint training)
+    # shapeworld: share of clips that hold one object under a static camera (environment and
+    # time still vary), so its look and motion are most of what the caption says
+    simple_share: float = 0.0
     exclude_heldout: bool = True  # never train on ShapeWorld's held-out combinations
     num_workers: int = 2
     tokens_per_batch: int = 4096  # latent tokens per device per micro-batch (sets batch size)
@@ -291,6 +294,9 @@ def validate(cfg: TrainConfig) -> None:
         _check(v > 0, f"data.{name} must be > 0, got {v}")
     _check(d.fps > 0, f"data.fps must be > 0, got {d.fps}")
     _check(0.0 <= d.image_share <= 1.0, f"data.image_share must be in [0, 1], got {d.image_share}")
+    _check(
+        0.0 <= d.simple_share <= 1.0, f"data.simple_share must be in [0, 1], got {d.simple_share}"
+    )
     _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
     for i, b in enumerate(d.bucket_list()):
         key = f"data.buckets[{i}]"
