@@ -140,7 +140,7 @@ class DiTBlock(nn.Module):
 
     def forward(self, x, e, context, context_mask, rope, kv=None):
         # x [B, N, D]; e [B, F, 6, D] (F = 1 or latent frames); context [B, L, D];
-        # kv: cross_attn.kv(context) when the caller has it already (a sampler's later steps)
+        # kv: cross_attn.kv(context) when the caller has it already (from a sampler's cache)
         mod = self.modulation.float().unsqueeze(0) + e  # [B, F, 6, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(dim=2)  # each [B, F, D]
 
