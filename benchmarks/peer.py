@@ -21,6 +21,7 @@ DiTs in memory (no folder) and checks equality in fp32 with TF32 off before timi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -209,6 +210,17 @@ def run_dtype(args, ref, pipe, dtype, x, ctx, z, prompt) -> list[tuple]:
     return rows
 
 
+@contextlib.contextmanager
+def no_tf32():
+    """fp32 matmuls and convolutions in full fp32 (no TF32) inside, as they were after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def gpu_kernels(fn) -> str:
     """Returns where one run of fn spends its device time: attention, GEMM and other kernels."""
     from torch.profiler import ProfilerActivity, profile
@@ -257,19 +269,18 @@ def gpu(args) -> None:
           f"median of {args.reps} ({args.vae_reps} for the VAE) after a warm-up",
           flush=True)  # fmt: skip
 
-    first = [0.0]  # seconds of the last timed() call's first run (compilation included)
-
     def timed(fn, reps):
-        """Returns (output of the first run, median seconds after a warm-up, peak GiB)."""
+        """Returns (output of the first run, its seconds (compilation included), median seconds
+        after a warm-up, peak GiB)."""
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         out = fn()
         sync()
-        first[0] = time.perf_counter() - t0
+        first = time.perf_counter() - t0
         t = median_time(fn, reps, sync) if reps else float("nan")
-        return out, t, (torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"))
+        return out, first, t, (torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"))
 
     def row(what, label, tr, to, mr, mo, err):
         print(f"{what:<24}{label:<31}{tr:>12.3f}{to:>8.3f}{tr / to:>9.2f}x{mr:>9.1f}{mo:>9.1f}"
@@ -291,15 +302,12 @@ def gpu(args) -> None:
         ours = wan.assign(ours, state, "transformer", Path("reference")).eval()
         del state
 
-        # fp32, TF32 off: the same function.
-        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         n = min(args.check_frames, T)
         t500 = torch.tensor([500.0], device=dev)
-        r = ref(x[:, :, :n], t500, ctx, return_dict=False)[0]
-        o = ours(x[:, :, :n], torch.tensor([0.5], device=dev), ctx)
+        with no_tf32():  # fp32: the same function
+            r = ref(x[:, :, :n], t500, ctx, return_dict=False)[0]
+            o = ours(x[:, :, :n], torch.tensor([0.5], device=dev), ctx)
         print(f"fp32 DiT forward, latents [16, {n}, {h}, {w}]: rel err {rel_err(o, r):.1e}")
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         del r, o
 
         print(f"{'what':<24}{'ours':<31}{'reference s':>12}{'ours s':>8}{'speed-up':>10}"
@@ -310,7 +318,7 @@ def gpu(args) -> None:
         ref, ours = as_diffusers_loads(ref, bf16), ours.to(bf16).cpu()
         xb, cb = x.to(bf16), ctx.to(bf16)
         ref_pair = lambda: [ref(xb, t500, cb, return_dict=False)[0] for _ in range(2)]
-        ref_out, t_ref, m_ref = timed(ref_pair, args.reps)
+        ref_out, _, t_ref, m_ref = timed(ref_pair, args.reps)
         ref_out = ref_out[0].float()
         if cuda:
             notes.append(f"reference: {gpu_kernels(ref_pair)}")
@@ -325,16 +333,16 @@ def gpu(args) -> None:
                 with torch.autocast(dev.type, dtype=bf16):
                     return ours(xx, t_half, cc, None, cache=cache)
 
-            out, t_our, m_our = timed(step, args.reps)
+            out, first, t_our, m_our = timed(step, args.reps)
             row("DiT step (CFG pair)", label, t_ref, t_our, m_ref, m_our,
                 rel_err(out[:1].float(), ref_out))  # fmt: skip
-            notes.append(f"{label}: first call {first[0]:.1f} s")
+            notes.append(f"{label}: first call {first:.1f} s")
             if cuda:
                 notes.append(f"{label}: {gpu_kernels(step)}")
         ours = ref = ref_out = out = None  # free the device for the VAE
+        for note in notes:
+            print(f"# {note}")
         if args.no_vae:
-            for note in notes:
-                print(f"# {note}")
             return
 
         # VAE decode: the reference in fp32 as WanPipeline runs it, ours as the Pipeline runs it
@@ -349,15 +357,15 @@ def gpu(args) -> None:
         ovae = ovae.channels_last_().eval().to(dev)
         mean = torch.tensor(rvae.config.latents_mean, device=dev).view(1, 16, 1, 1, 1)
         std = torch.tensor(rvae.config.latents_std, device=dev).view(1, 16, 1, 1, 1)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         zs = z[:, :, :n]
-        r = rvae.decode(zs * std + mean).sample
-        print(f"fp32 VAE decode, latents [16, {n}, {h}, {w}]: rel err "
-              f"{rel_err(ovae.decode(zs), r):.1e}", flush=True)  # fmt: skip
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-        r = None
+        with no_tf32():
+            r, o = rvae.decode(zs * std + mean).sample, ovae.decode(zs)
+        print(f"fp32 VAE decode, latents [16, {n}, {h}, {w}]: rel err {rel_err(o, r):.1e}",
+              flush=True)  # fmt: skip
+        r = o = None
         ovae = ovae.cpu()
-        ref_video, t_ref, m_ref = timed(lambda: rvae.decode(z * std + mean).sample, args.vae_reps)
+        ref_video, _, t_ref, m_ref = timed(lambda: rvae.decode(z * std + mean).sample,
+                                           args.vae_reps)  # fmt: skip
         ref_video = ref_video.float()
         rvae = rvae.cpu()
         ovae = ovae.to(dev)
@@ -368,12 +376,10 @@ def gpu(args) -> None:
                 with torch.autocast(dev.type, dtype=bf16, enabled=amp):
                     return ovae.decode(z)
 
-            out, t_our, m_our = timed(decode, args.vae_reps)
+            out, _, t_our, m_our = timed(decode, args.vae_reps)
             row(f"VAE decode ({frames} frames)", label, t_ref, t_our, m_ref, m_our,
                 rel_err(out.float(), ref_video))  # fmt: skip
             out = None
-    for note in notes:
-        print(f"# {note}")
 
 
 def main() -> None:
