@@ -2,7 +2,7 @@
 
     python benchmarks/capabilities.py kept  [--model shapeworld-tiny] [--runs 50]
     python benchmarks/capabilities.py seams [--runs 50]
-    python benchmarks/capabilities.py long                   # 4 s, 15 s, 60 s at 64x64, 8 fps
+    python benchmarks/capabilities.py long [--minutes 10]    # 4 s, 15 s, 60 s at 64x64, 8 fps
     python benchmarks/capabilities.py edit  [--runs 50]
     python benchmarks/capabilities.py image [--size 2048x2048]
     python benchmarks/capabilities.py all   [--markdown docs/capabilities_results.md] [--json F]
@@ -346,9 +346,9 @@ def child(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     loaded = peak_rss_mb()
-    scene = scene_for(args.seed, 0)
-    prompt = prompt_for(scene, 0)
-    kw = dict(size=args.size, seed=args.seed, expand=False, progress=False)
+    scene = scene_for(args.seed, args.run)
+    prompt = prompt_for(scene, args.run)
+    kw = dict(size=args.size, seed=args.seed + args.run, expand=False, progress=False)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Notice)
@@ -360,10 +360,13 @@ def child(args: argparse.Namespace) -> dict:
     return {"wall_s": wall, "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": loaded}
 
 
-def run_child(model: str, job: str, out: Path, size, seconds=0.0, seed=0, threads=0, device=None):
-    """Returns the figures of a job run by `child` in a fresh Python process."""
+def run_child(
+    model: str, job: str, out: Path, size, seconds=0.0, seed=0, threads=0, device=None, run=0
+):
+    """Returns the figures of a job run by `child` in a fresh Python process (run i: the
+    scene of (seed, i), generated with seed + i)."""
     opts = dict(job=job, model=model, out=out, size=f"{size[0]}x{size[1]}", seconds=seconds,
-                seed=seed, threads=threads, device=device)  # fmt: skip
+                seed=seed, threads=threads, device=device, run=run)  # fmt: skip
     cmd = [sys.executable, __file__, "_child"]
     for k, v in opts.items():
         cmd += [] if v is None else [f"--{k}", str(v)]
@@ -375,7 +378,12 @@ def run_child(model: str, job: str, out: Path, size, seconds=0.0, seed=0, thread
 
 def keeps_objects(video: Video, window: int = WINDOW) -> dict:
     """Returns how many `window`-frame windows show the first window's colours and shapes
-    (windows back to back; the last one ends at the last frame, so every frame is judged)."""
+    (windows back to back; the last one ends at the last frame, so every frame is judged).
+
+    "kept" asks for exactly the first window's colours, each with its shape; "consistent"
+    only that nothing new is seen (no other colour, no other shape for a colour), so an object
+    may leave the view, as a camera that pans or zooms for a minute makes real ones do.
+    """
     window = min(window, video.num_frames)
     starts = list(range(0, video.num_frames - window + 1, window))
     if starts[-1] + window < video.num_frames:
@@ -384,12 +392,15 @@ def keeps_objects(video: Video, window: int = WINDOW) -> dict:
     colours = [w.keys() == seen[0].keys() for w in seen]
     shapes = [all(w.get(c) == s for c, s in seen[0].items()) for w in seen]
     ok = [a and b for a, b in zip(colours, shapes)]
+    consistent = [all(seen[0].get(c) == s for c, s in w.items()) for w in seen]
     return {
         "windows": len(seen),
         "colours_kept": sum(colours),
         "shapes_kept": sum(shapes),
         "kept": sum(ok),
         "pass": bool(seen[0]) and all(ok),
+        "consistent": sum(consistent),
+        "pass_consistent": bool(seen[0]) and all(consistent),
         "objects": len(seen[0]),
     }
 
@@ -513,11 +524,18 @@ def cmd_long(pipe_name: str, args, lengths=(4.0, 15.0, 60.0)) -> tuple[dict, lis
                 f"| {sec:g} s ({1 + round(sec * 8)} frames, 64x64) | {f['wall_s']:.2f} s"
                 f" | {f['peak_rss_mb']:.0f} MiB | {f['rss_after_load_mb']:.0f} MiB |"
             )
-        v = Video.read(out)  # the longest
-        k = keeps_objects(v)
-        scene = scene_for(args.seed, 0)
-        c = keeps_objects(render(scene, 64, 64, v.num_frames, fps=8.0))
-    res["keeps_objects"], res["control"] = k, c
+        minutes = [(out, f)]  # the longest, then more scenes of that length
+        for i in tqdm(range(1, args.minutes), desc="more long videos", unit="video"):
+            o = Path(tmp) / f"long_{i}.mp4"
+            opts = dict(_child_opts(args), run=i)
+            minutes.append((o, run_child(pipe_name, "long", o, (64, 64), lengths[-1], **opts)))
+        judged = []
+        for i, (o, f) in enumerate(minutes):
+            v = Video.read(o)
+            c = keeps_objects(render(scene_for(args.seed, i), 64, 64, v.num_frames, fps=8.0))
+            judged.append({"run": i, **f, "keeps_objects": keeps_objects(v), "control": c})
+    k, c = judged[0]["keeps_objects"], judged[0]["control"]
+    res["keeps_objects"], res["control"], res["minutes"] = k, c, judged
     rows += [
         "",
         f"{lengths[-1]:g} s video, {k['objects']} objects in its first window: "
@@ -526,6 +544,26 @@ def cmd_long(pipe_name: str, args, lengths=(4.0, 15.0, 60.0)) -> tuple[dict, lis
         f"control (the scene rendered, no model): {c['kept']}/{c['windows']}. "
         f"Pass: {'yes' if k['pass'] else 'no'} (every window, and at least one object).",
     ]
+    if len(judged) > 1:
+        ks = [j["keeps_objects"] for j in judged]
+        seen = [x for x in ks if x["objects"]]  # a first window with an object to keep
+        keys = ("kept", "windows", "colours_kept", "shapes_kept", "consistent")
+        tot = {key: sum(x[key] for x in seen) for key in keys}
+        peak = max(j["peak_rss_mb"] for j in judged)
+        rows += [
+            "",
+            f"Over {len(judged)} videos of {lengths[-1]:g} s (the scenes of runs 0-"
+            f"{len(judged) - 1}): {sum(x['pass'] for x in ks)}/{len(ks)} pass; {len(seen)} show "
+            f"an object in their first window, and of their windows {tot['kept']}/"
+            f"{tot['windows']} keep its colours and shapes (colours {tot['colours_kept']}, "
+            f"shapes {tot['shapes_kept']}); control: "
+            f"{sum(j['control']['pass'] for j in judged)}/{len(judged)} pass. "
+            f"Consistent (nothing new seen, objects may leave the view): "
+            f"{sum(x['pass_consistent'] for x in ks)}/{len(ks)} pass, windows "
+            f"{tot['consistent']}/{tot['windows']}; control: "
+            f"{sum(j['control']['pass_consistent'] for j in judged)}/{len(judged)} pass. "
+            f"Peak RSS of the {len(judged)}: at most {peak:.0f} MiB.",
+        ]
     return res, rows
 
 
@@ -619,6 +657,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="shapeworld-tiny")
     p.add_argument("--runs", type=int, default=50, help="runs per capability (default 50)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--minutes",
+        type=int,
+        default=10,
+        help="long only: videos of the longest length, one scene each, judged (default 10)",
+    )
     p.add_argument("--strength", type=float, default=0.6, help="edit strength (default 0.6)")
     p.add_argument("--size", type=parse_size, default=(2048, 2048), help="image size WxH")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -633,6 +677,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--job", choices=("long", "image"), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 

@@ -87,6 +87,11 @@ def test_keeps_objects_judges_every_window_against_the_first():
     bad = Video(np.concatenate([good.frames[:66], clip(scene("blue", motion="still"), 14)]), 8.0)
     k = cb.keeps_objects(bad)
     assert not k["pass"] and k["kept"] == 2 and k["colours_kept"] == 2
+    assert not k["pass_consistent"] and k["consistent"] == 2  # blue is new
+    empty = Scene("meadow", "day", "static", [])  # the object gone from the view
+    left = Video(np.concatenate([good.frames[:47], clip(empty, 33)]), 8.0)
+    k = cb.keeps_objects(left)
+    assert not k["pass"] and k["pass_consistent"] and k["consistent"] == 3
 
 
 def test_window_seams_are_where_the_pipeline_starts_each_window(pipe):
@@ -167,3 +172,21 @@ def test_cli_writes_markdown_and_json_and_children_report_memory(pipe, tmp_path)
     assert f["wall_s"] > 0 and 1000 > f["peak_rss_mb"] >= f["rss_after_load_mb"] > 50
     f = cb.run_child(model, "image", tmp_path / "i.png", (96, 64), threads=1)  # refined path
     assert Video.read(tmp_path / "i.png").width == 96 and f["peak_rss_mb"] > 50
+
+
+def test_long_judges_one_video_per_scene(pipe, tmp_path):
+    model = str(pipe.save_pretrained(tmp_path / "tiny"))
+    args = cb.parse_args(["long", "--model", model, "--minutes", "2", "--threads", "1"])
+    res, rows = cb.cmd_long(model, args, lengths=(1.0, 2.0))
+    assert [m["run"] for m in res["minutes"]] == [0, 1]
+    assert res["minutes"][0]["keeps_objects"] == res["keeps_objects"]
+    assert all(m["keeps_objects"]["windows"] == 1 for m in res["minutes"])  # 17 frames
+    assert any(r.startswith("Over 2 videos of 2 s (the scenes of runs 0-1)") for r in rows)
+    videos = []
+    for run in (0, 1, 1):  # run i: its own scene and seed, the same each time
+        out = tmp_path / f"{len(videos)}.mp4"
+        kid = cb.parse_args(["_child", "--job", "long", "--model", model, "--out", str(out),
+                             "--size", "32x32", "--seconds", "1", "--run", str(run)])  # fmt: skip
+        cb.child(kid)
+        videos.append(Video.read(out).frames)
+    assert not np.array_equal(videos[0], videos[1]) and np.array_equal(videos[1], videos[2])
