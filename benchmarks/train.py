@@ -5,7 +5,12 @@ measured on this machine in this run (the best of a few large bf16 matmuls). So 
 says how much of what this machine can do in matmuls the training step gets, not a datasheet.
 
     python benchmarks/train.py [--preset small] [--batch 4] [--frames 33] [--size 128]
-        [--steps 3] [--profile]
+        [--patch P] [--steps 3] [--profile]
+
+Latents are those of an 8x VAE (Wan2.1's): `--size 128` gives 16x16 latents, the size the
+tiny 4x VAE makes of the bundled model's 64x64 clips. `--patch P` cuts P x P latent patches
+instead of the preset's own (`--preset tiny --size 128 --patch 2`: tokens of 8x8 pixels of
+those clips instead of 16x16).
 """
 
 from __future__ import annotations
@@ -55,12 +60,14 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=33, help="video frames (latent: 1 + (F-1)/4)")
     p.add_argument("--size", type=int, default=128, help="frame height = width in pixels")
     p.add_argument("--text-len", type=int, default=64)
+    p.add_argument("--patch", type=int, help="spatial latent patch (default: the preset's)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="print a torch.profiler summary")
     args = p.parse_args()
 
     torch.manual_seed(0)
-    cfg = dit_config(args.preset)
+    extra = {"patch_size": (1, args.patch, args.patch)} if args.patch else {}
+    cfg = dit_config(args.preset, **extra)
     model = DiT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     t_lat, hw = 1 + (args.frames - 1) // 4, args.size // 8
@@ -87,7 +94,8 @@ def main() -> None:
     peak = max(peak, matmul_peak())  # measured before and after: the better of the two
     dt = min(times)
     flops = step_flops(cfg, b, tokens, args.text_len)
-    print(f"DiT {args.preset}: {model.num_params() / 1e6:.1f}M params, batch {b} x {tokens} tokens")
+    print(f"DiT {args.preset} (patch {cfg.patch_size}): {model.num_params() / 1e6:.1f}M params, "
+          f"batch {b} x {tokens} tokens")  # fmt: skip
     print(f"step {dt * 1000:.0f} ms (best of {args.steps}; all: "
           f"{', '.join(f'{t:.2f}' for t in times)} s)")  # fmt: skip
     print(f"tokens/s {b * tokens / dt:.0f}   samples/s {b / dt:.2f}")

@@ -303,6 +303,32 @@ def test_a_dit_run_fine_tunes_from_a_trained_model(tmp_path, capsys, micro_dit):
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").glob("step_*"))
 
 
+def test_read_weight_adds_a_reading_loss_and_exports_without_its_head(tmp_path, capsys, micro_dit):
+    """train.read_weight: the encoder also answers the text stage's reading loss during the dit
+    stage; the head lives in the run's checkpoints only, not in what the run exports."""
+    from kinetoscope.pretrained import dit_text_weights
+
+    base = ["model.stage=dit", "model.vae=micro", "model.dit=micro", "model.text=micro",
+            "data.buckets=[[1,16,16]]", "data.image_share=1.0", "data.num_workers=0",
+            "data.max_batch_size=4", "train.text_dropout=0", "train.steps=1",
+            "train.sample_every=1000"]  # fmt: skip
+    for name, w in (("plain", 0.0), ("read", 1.0)):
+        args = [*base, f"train.read_weight={w}", f"train.out={tmp_path / name}"]
+        assert main(["train", "/dev/null", *args]) == 0
+    plain, read = (read_metrics(tmp_path / n)[0]["loss"] for n in ("plain", "read"))
+    assert read > plain + 0.5  # same seed, same clips and noise: the reading loss comes on top
+    tensors = C.load_checkpoint(tmp_path / "read")[0]["model"]
+    assert tensors["reader.weight"].shape[0] > 0
+    dit, text = dit_text_weights(tmp_path / "read")
+    assert not any("reader" in k for k in (*dit, *text))
+    assert dit.keys() == dit_text_weights(tmp_path / "plain")[0].keys()
+
+    cached = [*base, "train.read_weight=1", "data.latent_cache=somewhere"]
+    assert main(["train", "/dev/null", *cached, f"train.out={tmp_path / 'c'}"]) == 2
+    assert "set data.source=shapeworld and data.latent_cache=null" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_the_dit_learns_to_follow_its_text():
     """Two captions, two clips: after a short training each caption samples its own clip."""
     from kinetoscope.diffusion.flow import flow_loss

@@ -108,6 +108,11 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # dit stage: weight of a loss on the velocity error's change from one latent frame to the
     # next (flow.flow_loss), which stresses what moves over the background every frame shares.
     temporal_weight: float = 0.0
+    # dit stage: weight of the text stage's reading loss (read_captions.py), kept on during the
+    # dit stage through a linear head on the encoder's output, so that the encoder goes on
+    # telling every word the world labels (shape, motion), not only those the flow loss rewards
+    # (colour, environment). Needs the scenes: ShapeWorld clips rendered in the loop.
+    read_weight: float = 0.0
     # Relative weight of each frame condition drawn for dit-stage samples (names as
     # diffusion/conditioning.py's KINDS; a kind left out of the mapping has weight 0): one
     # model learns text-to-video (none), image-to-video (first_frame), extension (prefix,
@@ -340,6 +345,14 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.shift is None or t.shift > 0, f"train.shift must be > 0 (or null), got {t.shift}")
     _check(t.mse_weight >= 0.0, f"train.mse_weight must be >= 0, got {t.mse_weight}")
     _check(t.temporal_weight >= 0.0, f"train.temporal_weight must be >= 0, got {t.temporal_weight}")
+    _check(t.read_weight >= 0.0, f"train.read_weight must be >= 0, got {t.read_weight}")
+    if t.read_weight:
+        _check(m.stage == "dit", "train.read_weight is for model.stage=dit")
+        _check(
+            d.source == "shapeworld" and not d.latent_cache,
+            "train.read_weight reads the scenes of ShapeWorld clips rendered in the loop: "
+            "set data.source=shapeworld and data.latent_cache=null",
+        )
     for name, p in t.conditions.items():
         _choice(f"train.conditions.{name}", name, CONDITION_NAMES)
         _check(p >= 0.0, f"train.conditions.{name} must be >= 0, got {p}")

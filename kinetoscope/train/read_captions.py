@@ -63,10 +63,15 @@ class CaptionReader(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Returns logits [B, OUTPUTS] (float32) for byte ids [B, L] and their mask [B, L]."""
-        h = self.encoder.encode_ids(ids, mask)  # [B, L, D], zero on padding
-        mean = h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        top = h.masked_fill(~mask[..., None], float("-inf")).amax(1)
-        return self.head(torch.cat([mean, top], -1).float())
+        return self.head(pooled(self.encoder.encode_ids(ids, mask), mask))
+
+
+def pooled(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Returns the mean and the max of text features h [B, L, D] over their mask [B, L] (each
+    row at least one True), float32 [B, 2D]: what a reading head reads."""
+    mean = h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    top = h.masked_fill(~mask[..., None], float("-inf")).amax(1)
+    return torch.cat([mean, top], -1).float()
 
 
 def scene_targets(scene: Scene) -> tuple[torch.Tensor, int, int, int]:
@@ -83,9 +88,9 @@ def scene_targets(scene: Scene) -> tuple[torch.Tensor, int, int, int]:
     return y, e, t, cam
 
 
-def batch_targets(batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Returns a batch's multi-labels [B, MULTI] and its environment, time, camera [B] each."""
-    multi, *classes = zip(*(scene_targets(s) for s in batch["scene"]))
+def batch_targets(scenes: list[Scene]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Returns the scenes' multi-labels [B, MULTI] and their environment, time, camera [B] each."""
+    multi, *classes = zip(*(scene_targets(s) for s in scenes))
     return torch.stack(multi), [torch.tensor(c) for c in classes]
 
 
@@ -111,13 +116,19 @@ def text_loss(forward, tokenize, batch, device) -> torch.Tensor:
 
     `forward` is the CaptionReader (or its DDP wrapper), `tokenize` its encoder's."""
     ids, mask = tokenize(batch["caption"])
-    logits = forward(ids.to(device), mask.to(device)).float()
-    multi, classes = batch_targets(batch)
+    return scene_loss(forward(ids.to(device), mask.to(device)), batch["scene"])
+
+
+def scene_loss(logits: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
+    """Returns the reading loss of head logits [B, OUTPUTS] for the scenes their captions tell:
+    weighted BCE of the multi-labels + cross-entropy of environment, time, camera."""
+    multi, classes = batch_targets(scenes)
+    logits, dev = logits.float(), logits.device
     loss = F.binary_cross_entropy_with_logits(
-        logits[:, :MULTI], multi.to(device), pos_weight=POS_WEIGHT.to(device)
+        logits[:, :MULTI], multi.to(dev), pos_weight=POS_WEIGHT.to(dev)
     )
     for sl, y in zip(SLICES.values(), classes):
-        loss = loss + F.cross_entropy(logits[:, sl], y.to(device))
+        loss = loss + F.cross_entropy(logits[:, sl], y.to(dev))
     return loss
 
 
@@ -127,7 +138,7 @@ def reading_accuracy(model: CaptionReader, batch) -> dict[str, float]:
     read right (a group: its whole set)."""
     ids, mask = model.encoder.tokenize(batch["caption"])
     logits = model(ids, mask).float()
-    multi, classes = batch_targets(batch)
+    multi, classes = batch_targets(batch["scene"])
     said, truth = logits[:, :MULTI] > 0, multi.bool()
     out = {}
     for name, n in GROUPS.items():  # the share of captions whose whole set is read right

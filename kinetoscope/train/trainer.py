@@ -39,16 +39,31 @@ METRICS = "metrics.jsonl"
 
 
 class TextToVideo(nn.Module):
-    """The DiT and its byte-level text encoder as one trainable module (one DDP/FSDP unit)."""
+    """The DiT and its byte-level text encoder as one trainable module (one DDP/FSDP unit).
 
-    def __init__(self, dit: nn.Module, text: nn.Module) -> None:
+    With `read` (train.read_weight > 0) it also holds the text stage's reading head, which goes
+    on reading each caption's scene from the encoder's output; runs export the DiT and the
+    encoder only, so the head stays in the run's checkpoints."""
+
+    def __init__(self, dit: nn.Module, text: nn.Module, read: bool = False) -> None:
         super().__init__()
         self.dit, self.text = dit, text
+        if read:
+            from kinetoscope.train.read_captions import OUTPUTS
 
-    def forward(self, x_t, t, ids, ids_mask):
-        """Returns velocity [B, C, T, H, W]; text goes in as byte ids so it trains with the DiT."""
+            self.reader = nn.Linear(2 * text.dim, OUTPUTS)
+
+    def forward(self, x_t, t, ids, ids_mask, read: torch.Tensor | None = None):
+        """Returns velocity [B, C, T, H, W]; text goes in as byte ids so it trains with the DiT.
+        With `read` ([B] bool, the captions to read), returns (velocity, the reading head's
+        logits [read.sum(), OUTPUTS]), in one call so that DDP and FSDP see every parameter."""
         context = self.text.encode_ids(ids, ids_mask)  # [B, L, D]
-        return self.dit(x_t, t, context, ids_mask)
+        v = self.dit(x_t, t, context, ids_mask)
+        if read is None:
+            return v
+        from kinetoscope.train.read_captions import pooled
+
+        return v, self.reader(pooled(context[read], ids_mask[read]))
 
 
 def make_model_fn(cfg: TrainConfig):
@@ -73,7 +88,7 @@ def make_model_fn(cfg: TrainConfig):
             from kinetoscope.train.read_captions import CaptionReader
 
             return CaptionReader(text)
-        return TextToVideo(DiT(dit_model_config(cfg)), text)
+        return TextToVideo(DiT(dit_model_config(cfg)), text, read=cfg.train.read_weight > 0)
 
     return make
 
@@ -330,7 +345,23 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     known = random_condition(b, t_lat, g, probs)  # [B, T] True = given clean
     noise = torch.randn(x0.shape, generator=g).to(device)
     cond = FrameCondition(known.to(device), x0)
-    return flow_loss(forward, x0, t, noise, ids, ids_mask, cond, cfg.train.temporal_weight)
+    w = cfg.train.read_weight
+    if not w or drop.all():  # nothing to read
+        return flow_loss(forward, x0, t, noise, ids, ids_mask, cond, cfg.train.temporal_weight)
+    from kinetoscope.train.read_captions import scene_loss
+    from kinetoscope.world.scene import Scene
+
+    read = (~drop).to(device)  # the captions kept: the head reads their scenes
+    logits = []
+
+    def model(*args):
+        v, out = forward(*args, read=read)
+        logits.append(out)
+        return v
+
+    loss = flow_loss(model, x0, t, noise, ids, ids_mask, cond, cfg.train.temporal_weight)
+    scenes = [Scene.from_dict(s) for s, d in zip(batch["scene"], drop.tolist()) if not d]
+    return loss + w * scene_loss(logits[0], scenes)
 
 
 def _kinds() -> tuple[str, ...]:
