@@ -3,25 +3,18 @@ fail what is broken and pass what is continuous, and every command produces its 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load
 from test_pipeline import tiny_pipeline  # tests/ is on sys.path under pytest
 
 from kinetoscope.video import Video
 from kinetoscope.world.render import render
 from kinetoscope.world.scene import Obj, Scene
 
-_spec = importlib.util.spec_from_file_location(
-    "capabilities_bench", Path(__file__).parents[1] / "benchmarks" / "capabilities.py"
-)
-cb = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = cb  # dataclasses look their module up while being built
-_spec.loader.exec_module(cb)
+cb = load("capabilities")
 
 
 def scene(color="red", shape="circle", motion="right", camera="static", speed="fast") -> Scene:

@@ -1,11 +1,8 @@
 """Samplers against closed-form flows, frame conditions, guidance, SDEdit and seeds."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from benchmark_scripts import load  # tests/ is on sys.path under pytest
 from torch import nn
 
 from kinetoscope.diffusion.conditioning import FrameCondition
@@ -19,11 +16,7 @@ from kinetoscope.diffusion.sampling import (
 )
 
 # The closed-form Gaussian / mixture velocity fields live with the benchmark that reports them.
-_spec = importlib.util.spec_from_file_location(
-    "sampler_bench", Path(__file__).parents[1] / "benchmarks" / "sampler.py"
-)
-bench = sys.modules["sampler_bench"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load("sampler")
 
 STEPS = (2, 4, 8, 16, 32)
 

@@ -3,21 +3,13 @@ what a caption does not state; the measure scores every attribute on captions it
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
+from benchmark_scripts import load
 from test_pipeline import tiny_pipeline  # tests/ is on sys.path under pytest
 
 from kinetoscope.world.scene import Obj, Scene
 
-_spec = importlib.util.spec_from_file_location(
-    "text_probe_bench", Path(__file__).parents[1] / "benchmarks" / "text_probe.py"
-)
-tp = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = tp
-_spec.loader.exec_module(tp)
+tp = load("text_probe")
 
 
 def test_the_probe_reads_a_feature_that_tells_the_class_and_not_noise():

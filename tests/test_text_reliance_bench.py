@@ -3,21 +3,13 @@ held-out combination; the measure gives a ratio per attribute, time and mode."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
+from benchmark_scripts import load
 from test_pipeline import tiny_pipeline  # tests/ is on sys.path under pytest
 
 from kinetoscope.world.scene import HELDOUT, OBJECT_KEYS, SCENE_KEYS, Obj, Scene, is_excluded
 
-_spec = importlib.util.spec_from_file_location(
-    "text_reliance_bench", Path(__file__).parents[1] / "benchmarks" / "text_reliance.py"
-)
-tr = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = tr
-_spec.loader.exec_module(tr)
+tr = load("text_reliance")
 
 
 def test_a_swap_changes_only_its_attribute_and_avoids_heldout():
