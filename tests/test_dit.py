@@ -233,3 +233,21 @@ def test_rope_is_relative_and_norm_preserving():
     s2 = (rot(q, n(1, 2, 2)) * rot(k, n(0, 0, 0))).sum()  # same offset (1, 2, 2)
     torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(rot(q, 17).norm(), q.norm())
+
+
+def test_resized_patches_see_the_latents_as_the_old_model_saw_them_upsampled():
+    """resize_patches (FlexiViT's PI-resize): a 2x2-patch DiT made from a 4x4 one gives, on any
+    latents, the 4x4 model's velocity on those latents upsampled 2x, averaged back down; and
+    weights already of the asked size come back unchanged."""
+    from kinetoscope.models.dit import resize_patches
+
+    big = make(DiTConfig(**{**vars(CFG), "patch_size": (1, 4, 4)}), noise=0.05)
+    fine = DiT(DiTConfig(**{**vars(CFG), "patch_size": (1, 2, 2)})).eval()
+    fine.load_state_dict(resize_patches(big.state_dict(), (1, 2, 2)))
+    x, t, ctx = inputs(h=6, w=10)
+    up = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+    with torch.no_grad():
+        want = torch.nn.functional.avg_pool3d(big(up, t, ctx), (1, 2, 2))
+        torch.testing.assert_close(fine(x, t, ctx), want, rtol=1e-4, atol=1e-5)
+    same = resize_patches(big.state_dict(), (1, 4, 4))
+    assert all(torch.equal(same[k], v) for k, v in big.state_dict().items())

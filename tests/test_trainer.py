@@ -234,6 +234,9 @@ def micro_dit(monkeypatch):
     monkeypatch.setitem(TX.BYTE_PRESETS, "micro", TX.ByteTextConfig(32, 1, 2, 64))
     monkeypatch.setitem(DT.PRESETS, "micro", DT.DiTConfig(dim=32, ffn_dim=64, num_layers=1,
                                                           num_heads=2, text_dim=32))  # fmt: skip
+    monkeypatch.setitem(
+        DT.PRESETS, "micro-fine", DT.replace(DT.PRESETS["micro"], patch_size=(1, 1, 1))
+    )
 
 
 def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path, capsys, micro_dit):
@@ -301,6 +304,33 @@ def test_a_dit_run_fine_tunes_from_a_trained_model(tmp_path, capsys, micro_dit):
     assert main(["train", "/dev/null", *both]) == 2
     assert "unset model.text_path" in capsys.readouterr().err
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").glob("step_*"))
+
+
+def test_a_dit_run_fine_tunes_across_patch_sizes(tmp_path, capsys, micro_dit):
+    """model.init_from with another patch size: the patch embedding and head are resized
+    (`resize_patches`), said in one line, and every other weight starts as it was."""
+    from kinetoscope.models.dit import resize_patches
+
+    base = ["model.stage=dit", "model.vae=micro", "model.text=micro", "data.buckets=[[1,16,16]]",
+            "data.image_share=1.0", "data.num_workers=0", "data.max_batch_size=2",
+            "train.steps=1", "train.sample_every=1000"]  # fmt: skip
+    assert (
+        main(["train", "/dev/null", *base, "model.dit=micro", f"train.out={tmp_path / 'a'}"]) == 0
+    )
+    capsys.readouterr()
+    still = ["optim.lr=1e-12", "optim.min_lr=0", "optim.warmup=1", "model.dit=micro-fine"]
+    args = [*base, *still, f"model.init_from={tmp_path / 'a'}", f"train.out={tmp_path / 'b'}"]
+    assert main(["train", "/dev/null", *args]) == 0
+    assert "(1, 2, 2) patches; its patch embedding and head are resized to (1, 1, 1)" in (
+        capsys.readouterr().out
+    )
+    a = C.load_checkpoint(tmp_path / "a")[0]
+    dit = {k[4:]: v for k, v in {**a["model"], **a["ema"]}.items() if k.startswith("dit.")}
+    want = resize_patches(dit, (1, 1, 1))
+    b = C.load_checkpoint(tmp_path / "b")[0]["model"]
+    assert b["dit.patch_embedding.weight"].shape[2:] == (1, 1, 1)
+    for k, v in want.items():
+        torch.testing.assert_close(b[f"dit.{k}"], v, rtol=0, atol=1e-6)
 
 
 def test_read_weight_adds_a_reading_loss_and_exports_without_its_head(tmp_path, capsys, micro_dit):

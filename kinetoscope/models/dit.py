@@ -71,6 +71,11 @@ PRESETS: dict[str, DiTConfig] = {
     "tiny": DiTConfig(
         dim=256, ffn_dim=1024, num_layers=6, num_heads=4, text_dim=256, patch_size=(1, 4, 4)
     ),
+    # The same with 2x2 patches: 8x8 pixels per token, 576 tokens per 4-s 64x64 clip (4x as
+    # many); fine-tunes from "tiny" weights through `resize_patches`.
+    "tiny-fine": DiTConfig(
+        dim=256, ffn_dim=1024, num_layers=6, num_heads=4, text_dim=256, patch_size=(1, 2, 2)
+    ),
     "small": DiTConfig(dim=768, ffn_dim=3072, num_layers=12, num_heads=12, text_dim=512),
     "wan2.1-1.3b": DiTConfig(
         dim=1536, ffn_dim=8960, num_layers=30, num_heads=12, text_dim=4096, text_len=512
@@ -86,6 +91,38 @@ def dit_config(name: str, **overrides) -> DiTConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown DiT preset {name!r}; choose from {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)
+
+
+def resize_patches(state: dict[str, torch.Tensor], patch_size: tuple[int, int, int]) -> dict:
+    """Returns DiT weights with the patch embedding and head resized to another patch size.
+
+    FlexiViT's PI-resize, with area averaging as the resize: the new embedding reads a patch as
+    the old one read it resized to the old size (`w_new = R^T w_old`), and the new head writes
+    the old head's output resized to the new size. From 4x4 to 2x2 patches, each token then sees
+    what the old model saw of the latents upsampled 2x: a start for fine-tuning, not a model
+    that already works (every other weight is shape-free and kept).
+    """
+    w, head_w, head_b = (state[k] for k in ("patch_embedding.weight", "head.head.weight",
+                                            "head.head.bias"))  # fmt: skip
+    old = tuple(w.shape[2:])
+    new = tuple(patch_size)
+    if old == new:
+        return state
+
+    def resize(n_from, n_to):  # [prod(n_to), prod(n_from)]: a patch of size n_from -> n_to
+        basis = torch.eye(math.prod(n_from), dtype=torch.float64).view(-1, 1, *n_from)
+        return nn.functional.adaptive_avg_pool3d(basis, n_to).flatten(1).T
+
+    up = resize(new, old)  # [old, new]: a new-size patch as the old embedding saw it
+    down = resize(old, new)  # [new, old]
+    out = dict(state)
+    w64 = w.double().flatten(2)  # [D, C, old]
+    out["patch_embedding.weight"] = (w64 @ up).view(*w.shape[:2], *new).to(w.dtype)
+    c = head_b.numel() // math.prod(old)  # Wan orders a token's outputs (pt, ph, pw, C)
+    hw = head_w.double().view(math.prod(old), c, -1)
+    out["head.head.weight"] = torch.einsum("no,ocd->ncd", down, hw).flatten(0, 1).to(w.dtype)
+    out["head.head.bias"] = (down @ head_b.double().view(-1, c)).flatten().to(head_b.dtype)
+    return out
 
 
 class Attention(nn.Module):

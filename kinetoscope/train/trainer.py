@@ -136,6 +136,20 @@ def _load(module: nn.Module, state: dict, source: str, preset: str) -> None:
     load_weights(module, state, f"{source}: its weights do not fit this recipe's {preset}")
 
 
+def _fit_patches(dit: dict, patch_size: tuple, verbose: bool) -> dict:
+    """Returns DiT weights with the patch embedding and head resized to the recipe's patch size
+    (`resize_patches`) when `model.init_from` has another; other shapes are left to `_load`."""
+    from kinetoscope.models.dit import resize_patches
+
+    w = dit.get("patch_embedding.weight")
+    if w is None or w.ndim != 5 or tuple(w.shape[2:]) == tuple(patch_size):
+        return dit
+    if verbose:
+        print(f"kinetoscope train: model.init_from has {tuple(w.shape[2:])} patches; its patch "
+              f"embedding and head are resized to {tuple(patch_size)}")  # fmt: skip
+    return resize_patches(dit, patch_size)
+
+
 def load_text_run(path: str | Path) -> dict[str, torch.Tensor]:
     """Returns the byte text encoder's state dict from a text-stage run or checkpoint (EMA)."""
     tensors, _ = load_checkpoint(path)
@@ -504,6 +518,7 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
 
         reference = make()
         dit, text = dit_text_weights(m.init_from)
+        dit = _fit_patches(dit, reference.dit.cfg.patch_size, info.is_main)
         _load(reference.dit, dit, f"model.init_from {m.init_from}", f"model.dit={m.dit}")
         _load(reference.text, text, f"model.init_from {m.init_from}", f"model.text={m.text}")
     model, forward = D.build_parallel(
