@@ -20,20 +20,20 @@ import warnings
 
 import numpy as np
 import torch
+from text_reliance import moving_scene as one_moving_object  # a sibling: benchmarks/ is on sys.path
 
 from kinetoscope.diffusion.conditioning import FrameCondition
 from kinetoscope.diffusion.flow import flow_loss
 from kinetoscope.pipeline import Notice, Pipeline
 from kinetoscope.world.captions import caption
 from kinetoscope.world.render import render
-from kinetoscope.world.scene import HELDOUT, Scene, sample_scene
+from kinetoscope.world.scene import Scene
 
 
 def moving_scene(rng: np.random.Generator) -> Scene:
-    """Returns a scene of one moving object under a static camera, no held-out combination."""
-    scene = sample_scene(rng, exclude=HELDOUT, num_objects=1)
-    while scene.objects[0].motion == "still":
-        scene = sample_scene(rng, exclude=HELDOUT, num_objects=1)
+    """Returns text_reliance's scene of one moving object (no held-out combination) under a
+    static camera."""
+    scene = one_moving_object(rng)
     scene.camera = "static"
     return scene
 
@@ -59,15 +59,14 @@ def measure(pipe: Pipeline, x0: torch.Tensor, captions, times, seed: int = 0) ->
     b, _, frames, _, _ = x0.shape
     mid = frames // 2
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    bf16 = torch.autocast(pipe.device.type, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32)
-    with bf16:
+    with pipe._autocast():
         ctx, mask = pipe.text_encoder(captions)
     known = torch.ones(b, frames, dtype=torch.bool)
     known[:, mid] = False
     out = {}
     for t in times:
         tt = torch.full((b,), t)
-        with bf16:
+        with pipe._autocast():
             v = pipe.dit(x0 * (1 - t) + noise * t, tt, ctx, mask).float()
             given = flow_loss(pipe.dit, x0, tt, noise, ctx, mask, FrameCondition(known, x0))
         alone = (v - (noise - x0))[:, :, mid].square().mean().item()
