@@ -206,3 +206,27 @@ def test_temporal_term_skips_known_frames():
     # A single frame (an image) has no change to cost.
     img = flow_loss(zero, x0[:, :, :1], t, eps[:, :, :1], None, temporal_weight=1.0)
     torch.testing.assert_close(img, (eps - x0)[:, :, :1].square().mean())
+
+
+def test_weight_map_weighs_each_position_and_ones_change_nothing():
+    x0, eps = batch()
+    t = torch.tensor([0.3, 0.6, 0.9])
+    err = torch.randn(B, C, T, H, W)
+    model = lambda x, tf, c, m: eps - x0 + err
+    plain = flow_loss(model, x0, t, eps, None)
+    torch.testing.assert_close(flow_loss(model, x0, t, eps, None, weight=torch.ones(1)), plain)
+    weight = torch.rand(B, 1, T, H, W) * 3
+    got = flow_loss(model, x0, t, eps, None, weight=weight)
+    torch.testing.assert_close(got, (err.square() * weight).sum() / (weight.sum() * C))
+    # Only where the weight is: an error elsewhere costs nothing.
+    spot = torch.zeros(B, 1, T, H, W)
+    spot[:, :, :, 1, 2] = 1.0
+    only = flow_loss(model, x0, t, eps, None, weight=spot)
+    torch.testing.assert_close(only, err[:, :, :, 1, 2].square().mean())
+    # Known frames stay out, NaN there included, and their weight does not count.
+    cond = FrameCondition.prefix(x0[:, :, :2], T)
+    known = lambda tf: (tf == 0)[:, None, :, None, None]
+    wild = lambda x, tf, c, m: torch.where(known(tf), torch.nan, eps - x0 + err)
+    masked = flow_loss(wild, x0, t, eps, None, cond=cond, weight=weight)
+    w = weight[:, :, 2:]
+    torch.testing.assert_close(masked, (err[:, :, 2:].square() * w).sum() / (w.sum() * C))

@@ -143,3 +143,17 @@ def test_large_and_odd_sizes_render(size):
     for w, h in (size,):
         v = render(scene, w, h, 2)
         assert v.frames.shape == (2, h, w, 3)
+
+
+def test_coverage_marks_exactly_the_pixels_objects_change():
+    scene = _scene(motion="right", speed="fast")
+    video, cover = render(scene, 48, 32, 5, seed=2, coverage=True)
+    assert cover.shape == (5, 32, 48) and cover.dtype == np.float32
+    assert cover.min() >= 0 and cover.max() == 1.0
+    assert np.array_equal(video.frames, render(scene, 48, 32, 5, seed=2).frames)
+    empty = Scene(environment="meadow", time="day", camera="static", objects=[])
+    bare = render(empty, 48, 32, 5, seed=2).frames.astype(int)
+    changed = np.abs(video.frames.astype(int) - bare).max(-1) > 0
+    assert np.array_equal(changed, cover > 0.002)  # alpha below half a level rounds away
+    assert not render(empty, 48, 32, 5, coverage=True)[1].any()
+    assert not np.array_equal(cover[0], cover[-1])  # the mask moves with the object

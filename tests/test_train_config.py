@@ -59,6 +59,7 @@ def test_overrides_apply_with_types(tmp_path):
         ("train.shift=0", "train.shift must be > 0 (or null)"),
         ("train.temporal_weight=-1", "train.temporal_weight must be >= 0"),
         ("train.read_weight=-1", "train.read_weight must be >= 0"),
+        ("train.object_weight=-1", "train.object_weight must be >= 0"),
         ("data.source=manifest", "data.path must name a folder"),
         ("optim.min_lr=1.0", "optim.min_lr must be in [0, optim.lr="),
         ("data.buckets=[[33, 64, 64]]", "data.image_share=0.25 needs an image bucket"),

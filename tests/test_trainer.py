@@ -359,6 +359,43 @@ def test_read_weight_adds_a_reading_loss_and_exports_without_its_head(tmp_path, 
     assert not (tmp_path / "c").exists()
 
 
+def test_latent_coverage_pools_the_mask_as_the_causal_vae_groups_frames():
+    from kinetoscope.train.trainer import latent_coverage
+
+    cover = torch.zeros(2, 9, 16, 16, dtype=torch.uint8)
+    cover[0, 0, :8, :8] = 255  # frame 0: its own latent frame, a quarter covered in (0, 0)
+    cover[1, 6, 8:, 8:] = 255  # frame 6: one of the group of frames 5..8 (latent frame 2)
+    got = latent_coverage(cover, (3, 2, 2))
+    assert got.shape == (2, 1, 3, 2, 2)
+    want = torch.zeros(2, 1, 3, 2, 2)
+    want[0, 0, 0, 0, 0] = 1.0
+    want[1, 0, 2, 1, 1] = 1.0  # the most over the group, not its mean
+    torch.testing.assert_close(got, want)
+    half = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
+    half[0, 0, :4] = 255
+    assert latent_coverage(half, (1, 2, 2))[0, 0, 0].tolist() == [[0.5, 0.5], [0.0, 0.0]]
+    with pytest.raises(ValueError, match="does not map onto latent"):
+        latent_coverage(cover, (4, 2, 2))
+
+
+def test_object_weight_weighs_the_objects_in_the_flow_loss(tmp_path, capsys, micro_dit):
+    """train.object_weight: the same seed, clips and noise; only the loss's weights differ."""
+    base = ["model.stage=dit", "model.vae=micro", "model.dit=micro", "model.text=micro",
+            "data.buckets=[[5,16,16]]", "data.image_share=0.0", "data.num_workers=0",
+            "data.max_batch_size=2", "train.steps=1", "train.sample_every=1000"]  # fmt: skip
+    for name, w in (("plain", 0.0), ("objects", 20.0)):
+        args = [*base, f"train.object_weight={w}", f"train.out={tmp_path / name}"]
+        assert main(["train", "/dev/null", *args]) == 0
+    plain, weighted = (read_metrics(tmp_path / n)[0]["loss"] for n in ("plain", "objects"))
+    assert math.isfinite(weighted) and weighted != pytest.approx(plain, rel=1e-4)
+
+    cached = [*base, "train.object_weight=1", "data.latent_cache=somewhere"]
+    assert main(["train", "/dev/null", *cached, f"train.out={tmp_path / 'c'}"]) == 2
+    err = capsys.readouterr().err
+    assert "train.object_weight needs the object masks" in err and "latent_cache=null" in err
+    assert not (tmp_path / "c").exists()
+
+
 def test_the_dit_learns_to_follow_its_text():
     """Two captions, two clips: after a short training each caption samples its own clip."""
     from kinetoscope.diffusion.flow import flow_loss

@@ -30,7 +30,8 @@ _BUCKET_STREAM, _SAMPLE_STREAM = 1, 2
 
 
 class ShapeWorldClips(IterableDataset):
-    """Yields batches {video [B,3,T,H,W] in [-1,1], caption [B], scene [B], index j, bucket}.
+    """Yields batches {video [B,3,T,H,W] in [-1,1], coverage [B,T,H,W], caption [B], scene [B],
+    index j, bucket}; coverage is the objects' share of each pixel in 0..255 (uint8).
 
     `batch_sizes[b]` is the per-rank batch size of bucket b. `image_share` is the share of
     batches drawn from the 1-frame buckets (images); the video buckets share the rest.
@@ -110,16 +111,20 @@ class ShapeWorldClips(IterableDataset):
         return scene, render_seed, caption_seed
 
     def sample(self, j: int, k: int) -> dict:
-        """Returns sample k of global batch j: {video [3,T,H,W] in [-1,1], caption, scene}."""
+        """Returns sample k of global batch j: {video [3,T,H,W] in [-1,1], coverage [T,H,W] uint8,
+        caption, scene}."""
         from kinetoscope.world.captions import caption
         from kinetoscope.world.render import render
 
         b = self.buckets[self.bucket_of(j)]
         scene, render_seed, caption_seed = self.scene(j, k)
-        video = render(scene, b.width, b.height, b.frames, fps=self.fps, seed=render_seed)
+        video, cover = render(
+            scene, b.width, b.height, b.frames, fps=self.fps, seed=render_seed, coverage=True
+        )
         x = torch.from_numpy(video.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+        cover = torch.from_numpy(np.rint(cover * 255).astype(np.uint8))
         text = caption(scene, self.detail, caption_seed)
-        return {"video": x, "caption": text, "scene": scene.to_dict()}  # video: [3, T, H, W]
+        return {"video": x, "coverage": cover, "caption": text, "scene": scene.to_dict()}
 
     def batch(self, j: int) -> dict:
         """Returns this rank's part of global batch j, collated."""
@@ -128,6 +133,7 @@ class ShapeWorldClips(IterableDataset):
         samples = [self.sample(j, k) for k in range(self.rank * n, (self.rank + 1) * n)]
         return {
             "video": torch.stack([s["video"] for s in samples]),  # [B, 3, T, H, W]
+            "coverage": torch.stack([s["coverage"] for s in samples]),  # [B, T, H, W]
             "caption": [s["caption"] for s in samples],
             "scene": [s["scene"] for s in samples],
             "index": j,

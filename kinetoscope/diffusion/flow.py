@@ -93,6 +93,7 @@ def flow_loss(
     context_mask: Tensor | None = None,
     cond: FrameCondition | None = None,
     temporal_weight: float = 0.0,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Returns the fp32 mean squared velocity error over unknown frames (a scalar).
 
@@ -104,6 +105,10 @@ def flow_loss(
     latent frame to the next (pairs of unknown frames): an error every frame shares costs
     nothing more, one that flickers from frame to frame up to 1 + 4 x the weight as much, so
     the loss stresses what moves over what stays (the background, most of the pixels).
+
+    `weight` (broadcastable to [B, 1, T, H, W], >= 0) weighs each latent position's squared
+    error: the mean becomes sum(weight x error^2) / sum(weight) over unknown frames (a weight
+    of ones gives the plain mean). The temporal term stays unweighted.
     """
     if noise.shape != x0.shape:
         raise ValueError(f"noise {tuple(noise.shape)} must match x0 {tuple(x0.shape)}")
@@ -115,7 +120,7 @@ def flow_loss(
         unknown = ~cond.mask.to(x0.device)
     v = model(x_t, t_frames, context, context_mask)
     err = v.float() - (noise.float() - x0.float())  # [B, C, T, H, W]
-    loss = _masked_mean(err.square(), unknown)
+    loss = _masked_mean(err.square(), unknown, weight)
     if temporal_weight and x0.shape[2] > 1:
         both = unknown[:, 1:] & unknown[:, :-1]  # [B, T - 1]: pairs of unknown frames
         known_zero = torch.where(unknown[:, None, :, None, None], err, 0.0)  # no NaN leaks in
@@ -124,10 +129,16 @@ def flow_loss(
     return loss
 
 
-def _masked_mean(sq: Tensor, frames: Tensor) -> Tensor:
-    """Mean of `sq` [B, C, T, H, W] over the frames where `frames` [B, T] is True (0 if none)."""
+def _masked_mean(sq: Tensor, frames: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean of `sq` [B, C, T, H, W] over the frames where `frames` [B, T] is True (0 if none),
+    weighted by `weight` (broadcastable to [B, 1, T, H, W]) when given."""
     w = frames[:, None, :, None, None]  # [B, 1, T, 1, 1]
-    per_frame = sq.numel() // (sq.shape[0] * sq.shape[2])  # C * H * W
     # Masked mean: torch.where (not a multiply) so a NaN on a masked frame cannot leak in.
+    if weight is not None:
+        weight = weight.float().expand(sq.shape[0], 1, *sq.shape[2:])
+        total = torch.where(w, sq * weight, torch.zeros_like(sq)).sum()
+        count = torch.where(w, weight, torch.zeros_like(weight)).sum() * sq.shape[1]
+        return total / count.clamp(min=1e-12)
+    per_frame = sq.numel() // (sq.shape[0] * sq.shape[2])  # C * H * W
     total = torch.where(w, sq, torch.zeros_like(sq)).sum()
     return total / (w.sum() * per_frame).clamp(min=1)

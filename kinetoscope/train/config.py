@@ -113,6 +113,11 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # telling every word the world labels (shape, motion), not only those the flow loss rewards
     # (colour, environment). Needs the scenes: ShapeWorld clips rendered in the loop.
     read_weight: float = 0.0
+    # dit stage: in the flow loss a latent position weighs 1 + this x the share of its pixels
+    # the objects cover (the renderer's mask, averaged over the VAE's patch, the most of its
+    # frames), so the objects (a few percent of the pixels) are not drowned out by the
+    # background. Needs the masks: ShapeWorld clips rendered in the loop.
+    object_weight: float = 0.0
     # Relative weight of each frame condition drawn for dit-stage samples (names as
     # diffusion/conditioning.py's KINDS; a kind left out of the mapping has weight 0): one
     # model learns text-to-video (none), image-to-video (first_frame), extension (prefix,
@@ -346,13 +351,15 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.mse_weight >= 0.0, f"train.mse_weight must be >= 0, got {t.mse_weight}")
     _check(t.temporal_weight >= 0.0, f"train.temporal_weight must be >= 0, got {t.temporal_weight}")
     _check(t.read_weight >= 0.0, f"train.read_weight must be >= 0, got {t.read_weight}")
-    if t.read_weight:
-        _check(m.stage == "dit", "train.read_weight is for model.stage=dit")
-        _check(
-            d.source == "shapeworld" and not d.latent_cache,
-            "train.read_weight reads the scenes of ShapeWorld clips rendered in the loop: "
-            "set data.source=shapeworld and data.latent_cache=null",
-        )
+    _check(t.object_weight >= 0.0, f"train.object_weight must be >= 0, got {t.object_weight}")
+    for key, needs in (("read_weight", "the scenes"), ("object_weight", "the object masks")):
+        if getattr(t, key):
+            _check(m.stage == "dit", f"train.{key} is for model.stage=dit")
+            _check(
+                d.source == "shapeworld" and not d.latent_cache,
+                f"train.{key} needs {needs} of ShapeWorld clips rendered in the loop: "
+                "set data.source=shapeworld and data.latent_cache=null",
+            )
     for name, p in t.conditions.items():
         _choice(f"train.conditions.{name}", name, CONDITION_NAMES)
         _check(p >= 0.0, f"train.conditions.{name} must be >= 0, got {p}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from kinetoscope.errors import UserError
 from kinetoscope.train import distributed as D
@@ -359,9 +360,14 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     known = random_condition(b, t_lat, g, probs)  # [B, T] True = given clean
     noise = torch.randn(x0.shape, generator=g).to(device)
     cond = FrameCondition(known.to(device), x0)
+    weight = None
+    if cfg.train.object_weight:
+        cover = latent_coverage(batch["coverage"].to(device), x0.shape[2:])
+        weight = 1 + cfg.train.object_weight * cover
+    tw = cfg.train.temporal_weight
     w = cfg.train.read_weight
     if not w or drop.all():  # nothing to read
-        return flow_loss(forward, x0, t, noise, ids, ids_mask, cond, cfg.train.temporal_weight)
+        return flow_loss(forward, x0, t, noise, ids, ids_mask, cond, tw, weight)
     from kinetoscope.train.read_captions import scene_loss
     from kinetoscope.world.scene import Scene
 
@@ -373,9 +379,30 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
         logits.append(out)
         return v
 
-    loss = flow_loss(model, x0, t, noise, ids, ids_mask, cond, cfg.train.temporal_weight)
+    loss = flow_loss(model, x0, t, noise, ids, ids_mask, cond, tw, weight)
     scenes = [Scene.from_dict(s) for s, d in zip(batch["scene"], drop.tolist()) if not d]
     return loss + w * scene_loss(logits[0], scenes)
+
+
+def latent_coverage(cover: torch.Tensor, latent: tuple[int, int, int]) -> torch.Tensor:
+    """Returns the objects' coverage [B, 1, t, h, w] of each latent position, in 0..1.
+
+    `cover` [B, T, H, W] (uint8 0..255, the renderer's mask) is averaged over each latent
+    position's H/h x W/w pixels; in time the causal VAE gives frame 0 its own latent frame and
+    each later latent frame a group of (T - 1) / (t - 1) frames, of which the most is kept (an
+    object anywhere in the group makes the position one to get right).
+    """
+    t_lat, h, w = latent
+    b, frames, height, width = cover.shape
+    if height % h or width % w or (t_lat > 1 and (frames - 1) % (t_lat - 1)) or frames < t_lat:
+        raise ValueError(f"coverage {tuple(cover.shape)} does not map onto latent {latent}")
+    c = F.avg_pool2d(cover.float().div(255).flatten(0, 1)[:, None], (height // h, width // w))
+    c = c.view(b, frames, h, w)
+    head = c[:, :1]
+    if t_lat > 1:
+        rest = c[:, 1:].view(b, t_lat - 1, (frames - 1) // (t_lat - 1), h, w).amax(2)
+        head = torch.cat([head, rest], 1)
+    return head[:, None]  # [B, 1, t, h, w]
 
 
 def _kinds() -> tuple[str, ...]:

@@ -289,12 +289,20 @@ def _check(scene: Scene, width: int, height: int, frames: int, fps: float) -> No
 
 
 def render(
-    scene: Scene, width: int, height: int, frames: int, fps: float = 8.0, seed: int = 0
-) -> Video:
+    scene: Scene,
+    width: int,
+    height: int,
+    frames: int,
+    fps: float = 8.0,
+    seed: int = 0,
+    coverage: bool = False,
+) -> Video | tuple[Video, np.ndarray]:
     """Returns the scene rendered as a Video of `frames` frames of width x height.
 
     Deterministic: the same arguments give the same pixels; `seed` only changes texture
-    details. Raises ValueError on a partial scene or a bad size.
+    details. Raises ValueError on a partial scene or a bad size. With `coverage`, returns
+    (video, float32 [T, H, W]): the share of each pixel that objects cover (their antialiased
+    alpha, the largest where objects overlap), the mask of where the objects are.
     """
     _check(scene, width, height, frames, fps)
     s = float(min(width, height))  # pixels per world unit
@@ -337,6 +345,7 @@ def render(
         out[k] = rows[:, a] * (1 - b) + rows[:, a + 1] * b
 
     stage = (sw, sh)
+    cover = np.zeros((frames, height, width), np.float32) if coverage else None
     for obj in sorted(scene.objects, key=lambda o: o.depth or 0):
         color = np.asarray(PALETTE[obj.color], np.float32)
         ox, oy = object_path(obj, t, stage, pan)
@@ -357,6 +366,9 @@ def render(
             alpha = np.clip(0.5 - shape_distance(obj.shape, dx, dy, rk), 0, 1)[..., None]
             box = out[k, y0:y1, x0:x1]
             box += alpha * (color - box)
+            if cover is not None:
+                np.maximum(cover[k, y0:y1, x0:x1], alpha[..., 0], out=cover[k, y0:y1, x0:x1])
 
     frames_u8 = np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    return Video(frames_u8, fps=fps, metadata={"scene": scene.to_dict(), "seed": seed})
+    video = Video(frames_u8, fps=fps, metadata={"scene": scene.to_dict(), "seed": seed})
+    return (video, cover) if coverage else video
