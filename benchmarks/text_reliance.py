@@ -1,7 +1,8 @@
 """How much a model reads each attribute's words: its flow loss when those words are changed.
 
     python benchmarks/text_reliance.py [--model shapeworld-tiny] [--runs 48] [--seed 99]
-                                       [--times 0.3 0.6 0.8 0.95] [--threads N] [--json F]
+                                       [--times 0.3 0.6 0.8 0.95] [--objects] [--threads N]
+                                       [--json F]
 
 Run i renders a one-object ShapeWorld scene whose object moves (seed (--seed, i), no held-out
 combination) and measures the model's flow loss on its latents at each time t (one noise draw
@@ -13,6 +14,10 @@ twice: text to video (nothing given), and with the first frame given (image to v
 the object's start is known, so its motion and speed words decide where it is in every later
 frame and a model that reads them loses much more when they are wrong. A diagnostic of what
 training has taught, seconds to run; adherence (`kinetoscope eval adherence`) is the measure.
+
+With --objects the loss counts only where the object is (each latent position weighed by the
+share of its pixels the object covers, the renderer's mask): a shape word changes a few
+pixels of a clip, too few to move the whole clip's loss, but not of the object's.
 """
 
 from __future__ import annotations
@@ -62,8 +67,13 @@ def _holder(scene: Scene, key: str) -> Scene | Obj:
 
 
 @torch.no_grad()
-def measure(pipe: Pipeline, runs: int, times: list[float], seed: int = 99) -> dict:
-    """Returns {mode: {t: {column: loss ratio}}} for mode "text" and "first frame"."""
+def measure(
+    pipe: Pipeline, runs: int, times: list[float], seed: int = 99, objects: bool = False
+) -> dict:
+    """Returns {mode: {t: {column: loss ratio}}} for mode "text" and "first frame"; with
+    `objects`, of the loss over the object's latent positions only."""
+    from kinetoscope.train.trainer import latent_coverage
+
     d = pipe.defaults
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Notice)
@@ -72,8 +82,10 @@ def measure(pipe: Pipeline, runs: int, times: list[float], seed: int = 99) -> di
     for i in tqdm(range(runs), desc="text reliance"):
         rng = np.random.default_rng([seed, i])
         scene = moving_scene(rng)
-        frames = render(scene, d.width, d.height, length, d.fps, seed=i).frames
-        z = pipe.encode_frames(frames)
+        video, cover = render(scene, d.width, d.height, length, d.fps, seed=i, coverage=True)
+        z = pipe.encode_frames(video.frames)
+        painted = torch.from_numpy(np.rint(cover * 255).astype(np.uint8))[None]
+        weight = latent_coverage(painted, tuple(z.shape[2:])) if objects else None
         captions = {"true": caption(scene, "detailed", seed=i), "no caption": ""}
         for key in (*OBJECT_SWAPS, *SCENE_SWAPS):
             other = swapped(scene, key, rng)
@@ -86,7 +98,9 @@ def measure(pipe: Pipeline, runs: int, times: list[float], seed: int = 99) -> di
                 for t in times:
                     run = {}
                     for k, (ctx, mask) in encoded.items():
-                        loss = flow_loss(pipe.dit, z, torch.tensor([t]), noise, ctx, mask, cond)
+                        loss = flow_loss(
+                            pipe.dit, z, torch.tensor([t]), noise, ctx, mask, cond, weight=weight
+                        )
                         run[k] = loss.item()
                     losses[mode][t].append(run)
     out = {}
@@ -121,6 +135,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=48)
     ap.add_argument("--seed", type=int, default=99)
     ap.add_argument("--times", type=float, nargs="+", default=[0.3, 0.6, 0.8, 0.95])
+    ap.add_argument("--objects", action="store_true", help="count the loss on the object only")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     ap.add_argument("--json", help="write the ratios to this file")
     args = ap.parse_args()
@@ -129,8 +144,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = Pipeline.from_pretrained(args.model)
-    result = measure(pipe, args.runs, args.times, args.seed)
-    print(f"Model `{pipe.name}`, {args.runs} one-object scenes (seed {args.seed}):")
+    result = measure(pipe, args.runs, args.times, args.seed, args.objects)
+    where = "on the object only" if args.objects else "over the clip"
+    print(f"Model `{pipe.name}`, {args.runs} one-object scenes (seed {args.seed}), loss {where}:")
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -38,3 +38,12 @@ def test_measure_gives_a_ratio_per_attribute_time_and_mode():
         for ratios in by_t.values():
             assert set(ratios) == set(tr.COLUMNS)
             assert all(r > 0 and np.isfinite(r) for r in ratios.values())
+
+
+def test_objects_only_counts_the_loss_where_the_object_is():
+    pipe = tiny_pipeline()
+    clip = tr.measure(pipe, runs=2, times=[0.5], seed=3)
+    obj = tr.measure(pipe, runs=2, times=[0.5], seed=3, objects=True)
+    assert set(obj["text"][0.5]) == set(tr.COLUMNS)
+    assert all(r > 0 and np.isfinite(r) for r in obj["text"][0.5].values())
+    assert obj["text"][0.5]["color"] != clip["text"][0.5]["color"]  # another loss, not a copy
