@@ -82,10 +82,12 @@ def measure(
     for i in tqdm(range(runs), desc="text reliance"):
         rng = np.random.default_rng([seed, i])
         scene = moving_scene(rng)
-        video, cover = render(scene, d.width, d.height, length, d.fps, seed=i, coverage=True)
+        video = render(scene, d.width, d.height, length, d.fps, seed=i, coverage=objects)
+        video, cover = video if objects else (video, None)
         z = pipe.encode_frames(video.frames)
-        painted = torch.from_numpy(np.rint(cover * 255).astype(np.uint8))[None]
-        weight = latent_coverage(painted, tuple(z.shape[2:])) if objects else None
+        weight = None  # with --objects: the object's share of each latent position
+        if cover is not None:
+            weight = latent_coverage(torch.from_numpy(cover)[None], tuple(z.shape[2:]))
         captions = {"true": caption(scene, "detailed", seed=i), "no caption": ""}
         for key in (*OBJECT_SWAPS, *SCENE_SWAPS):
             other = swapped(scene, key, rng)

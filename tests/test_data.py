@@ -120,6 +120,11 @@ def test_shapeworld_from_config():
     assert [str(b) for b in ds.buckets] == ["33x64x64", "1x64x64"]
     assert ds.batch_sizes == [8, 32] and ds.seed == 3 and ds.rank == 1 and ds.start == 5
     assert ds.simple_share == 0.25
+    assert not ds.coverage and "coverage" not in ds.batch(5)  # masks only when a loss reads them
+    weighted = resolve({}, ["data.tokens_per_batch=1152", "train.object_weight=2"])
+    batch = ShapeWorldClips.from_config(weighted).batch(0)
+    assert batch["coverage"].dtype == torch.uint8
+    assert batch["coverage"].shape == batch["video"][:, 0].shape  # [B, T, H, W]
 
 
 # ---- buckets ----------------------------------------------------------------------------------

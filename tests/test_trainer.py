@@ -362,17 +362,17 @@ def test_read_weight_adds_a_reading_loss_and_exports_without_its_head(tmp_path, 
 def test_latent_coverage_pools_the_mask_as_the_causal_vae_groups_frames():
     from kinetoscope.train.trainer import latent_coverage
 
-    cover = torch.zeros(2, 9, 16, 16, dtype=torch.uint8)
-    cover[0, 0, :8, :8] = 255  # frame 0: its own latent frame, a quarter covered in (0, 0)
-    cover[1, 6, 8:, 8:] = 255  # frame 6: one of the group of frames 5..8 (latent frame 2)
+    cover = torch.zeros(2, 9, 16, 16)
+    cover[0, 0, :8, :8] = 1.0  # frame 0: its own latent frame, a quarter covered in (0, 0)
+    cover[1, 6, 8:, 8:] = 1.0  # frame 6: one of the group of frames 5..8 (latent frame 2)
     got = latent_coverage(cover, (3, 2, 2))
     assert got.shape == (2, 1, 3, 2, 2)
     want = torch.zeros(2, 1, 3, 2, 2)
     want[0, 0, 0, 0, 0] = 1.0
     want[1, 0, 2, 1, 1] = 1.0  # the most over the group, not its mean
     torch.testing.assert_close(got, want)
-    half = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
-    half[0, 0, :4] = 255
+    half = torch.zeros(1, 1, 16, 16)
+    half[0, 0, :4] = 1.0
     assert latent_coverage(half, (1, 2, 2))[0, 0, 0].tolist() == [[0.5, 0.5], [0.0, 0.0]]
     with pytest.raises(ValueError, match="does not map onto latent"):
         latent_coverage(cover, (4, 2, 2))

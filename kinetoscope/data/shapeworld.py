@@ -30,8 +30,8 @@ _BUCKET_STREAM, _SAMPLE_STREAM = 1, 2
 
 
 class ShapeWorldClips(IterableDataset):
-    """Yields batches {video [B,3,T,H,W] in [-1,1], coverage [B,T,H,W], caption [B], scene [B],
-    index j, bucket}; coverage is the objects' share of each pixel in 0..255 (uint8).
+    """Yields batches {video [B,3,T,H,W] in [-1,1], caption [B], scene [B], index j, bucket}, and
+    with `coverage` also coverage [B,T,H,W]: the objects' share of each pixel, 0..255 (uint8).
 
     `batch_sizes[b]` is the per-rank batch size of bucket b. `image_share` is the share of
     batches drawn from the 1-frame buckets (images); the video buckets share the rest.
@@ -51,6 +51,7 @@ class ShapeWorldClips(IterableDataset):
         start: int = 0,
         detail: str = "detailed",
         simple_share: float = 0.0,
+        coverage: bool = False,
     ):
         super().__init__()
         if len(buckets) != len(batch_sizes):
@@ -67,7 +68,7 @@ class ShapeWorldClips(IterableDataset):
         self.fps, self.image_share, self.seed = fps, image_share, seed
         self.exclude = HELDOUT if exclude_heldout else ()
         self.rank, self.world_size, self.start, self.detail = rank, world_size, start, detail
-        self.simple_share = simple_share
+        self.simple_share, self.coverage = simple_share, coverage
 
     @classmethod
     def from_config(cls, cfg, rank: int = 0, world_size: int = 1, start: int = 0, tokens=None):
@@ -90,6 +91,7 @@ class ShapeWorldClips(IterableDataset):
             world_size=world_size,
             start=start,
             simple_share=d.simple_share,
+            coverage=cfg.train.object_weight > 0,  # only the object-weighted loss reads it
         )
 
     def bucket_of(self, j: int) -> int:
@@ -111,34 +113,39 @@ class ShapeWorldClips(IterableDataset):
         return scene, render_seed, caption_seed
 
     def sample(self, j: int, k: int) -> dict:
-        """Returns sample k of global batch j: {video [3,T,H,W] in [-1,1], coverage [T,H,W] uint8,
-        caption, scene}."""
+        """Returns sample k of global batch j: {video [3,T,H,W] in [-1,1], caption, scene}, with
+        `coverage` also coverage [T,H,W] uint8."""
         from kinetoscope.world.captions import caption
         from kinetoscope.world.render import render
 
         b = self.buckets[self.bucket_of(j)]
         scene, render_seed, caption_seed = self.scene(j, k)
-        video, cover = render(
-            scene, b.width, b.height, b.frames, fps=self.fps, seed=render_seed, coverage=True
+        video = render(
+            scene, b.width, b.height, b.frames, self.fps, render_seed, coverage=self.coverage
         )
+        out = {}
+        if self.coverage:
+            video, cover = video
+            out["coverage"] = torch.from_numpy(np.rint(cover * 255).astype(np.uint8))
         x = torch.from_numpy(video.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
-        cover = torch.from_numpy(np.rint(cover * 255).astype(np.uint8))
         text = caption(scene, self.detail, caption_seed)
-        return {"video": x, "coverage": cover, "caption": text, "scene": scene.to_dict()}
+        return {"video": x, **out, "caption": text, "scene": scene.to_dict()}
 
     def batch(self, j: int) -> dict:
         """Returns this rank's part of global batch j, collated."""
         b = self.bucket_of(j)
         n = self.batch_sizes[b]
         samples = [self.sample(j, k) for k in range(self.rank * n, (self.rank + 1) * n)]
-        return {
+        out = {
             "video": torch.stack([s["video"] for s in samples]),  # [B, 3, T, H, W]
-            "coverage": torch.stack([s["coverage"] for s in samples]),  # [B, T, H, W]
             "caption": [s["caption"] for s in samples],
             "scene": [s["scene"] for s in samples],
             "index": j,
             "bucket": (self.buckets[b].frames, self.buckets[b].height, self.buckets[b].width),
         }
+        if self.coverage:
+            out["coverage"] = torch.stack([s["coverage"] for s in samples])  # [B, T, H, W]
+        return out
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

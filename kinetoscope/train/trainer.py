@@ -362,7 +362,7 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     cond = FrameCondition(known.to(device), x0)
     weight = None
     if cfg.train.object_weight:
-        cover = latent_coverage(batch["coverage"].to(device), x0.shape[2:])
+        cover = latent_coverage(batch["coverage"].to(device).float() / 255, x0.shape[2:])
         weight = 1 + cfg.train.object_weight * cover
     tw = cfg.train.temporal_weight
     w = cfg.train.read_weight
@@ -387,7 +387,7 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
 def latent_coverage(cover: torch.Tensor, latent: tuple[int, int, int]) -> torch.Tensor:
     """Returns the objects' coverage [B, 1, t, h, w] of each latent position, in 0..1.
 
-    `cover` [B, T, H, W] (uint8 0..255, the renderer's mask) is averaged over each latent
+    `cover` [B, T, H, W] (the renderer's mask, 0..1) is averaged over each latent
     position's H/h x W/w pixels; in time the causal VAE gives frame 0 its own latent frame and
     each later latent frame a group of (T - 1) / (t - 1) frames, of which the most is kept (an
     object anywhere in the group makes the position one to get right).
@@ -396,7 +396,7 @@ def latent_coverage(cover: torch.Tensor, latent: tuple[int, int, int]) -> torch.
     b, frames, height, width = cover.shape
     if height % h or width % w or (t_lat > 1 and (frames - 1) % (t_lat - 1)) or frames < t_lat:
         raise ValueError(f"coverage {tuple(cover.shape)} does not map onto latent {latent}")
-    c = F.avg_pool2d(cover.float().div(255).flatten(0, 1)[:, None], (height // h, width // w))
+    c = F.avg_pool2d(cover.float().flatten(0, 1)[:, None], (height // h, width // w))
     c = c.view(b, frames, h, w)
     head = c[:, :1]
     if t_lat > 1:
