@@ -23,7 +23,6 @@ pixels of a clip, too few to move the whole clip's loss, but not of the object's
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import warnings
 
@@ -36,7 +35,7 @@ from kinetoscope.diffusion.flow import flow_loss
 from kinetoscope.pipeline import Notice, Pipeline
 from kinetoscope.world.captions import caption
 from kinetoscope.world.render import render
-from kinetoscope.world.scene import HELDOUT, VOCAB, Obj, Scene, is_excluded, sample_scene
+from kinetoscope.world.scene import HELDOUT, Scene, sample_scene, swap
 
 OBJECT_SWAPS = ("color", "shape", "motion", "speed")
 SCENE_SWAPS = ("camera", "environment")
@@ -49,21 +48,6 @@ def moving_scene(rng: np.random.Generator) -> Scene:
         scene = sample_scene(rng, exclude=HELDOUT, num_objects=1)
         if scene.objects[0].motion != "still":
             return scene
-
-
-def swapped(scene: Scene, key: str, rng: np.random.Generator) -> Scene | None:
-    """Returns the scene with `key` set to another value (None if every other is held out)."""
-    for value in rng.permutation([v for v in VOCAB[key] if v != getattr(_holder(scene, key), key)]):
-        other = copy.deepcopy(scene)
-        setattr(_holder(other, key), key, str(value))
-        if not is_excluded(other, HELDOUT):
-            return other
-    return None
-
-
-def _holder(scene: Scene, key: str) -> Scene | Obj:
-    """Returns what holds `key`: the scene's one object, or the scene."""
-    return scene.objects[0] if key in OBJECT_SWAPS else scene
 
 
 @torch.no_grad()
@@ -90,7 +74,7 @@ def measure(
             weight = latent_coverage(torch.from_numpy(cover)[None], tuple(z.shape[2:]))
         captions = {"true": caption(scene, "detailed", seed=i), "no caption": ""}
         for key in (*OBJECT_SWAPS, *SCENE_SWAPS):
-            other = swapped(scene, key, rng)
+            other = swap(scene, key, rng)
             captions[key] = None if other is None else caption(other, "detailed", seed=i)
         noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(i))
         first = FrameCondition.first_frame(z[:, :, :1], z.shape[2])  # as image to video

@@ -10,7 +10,16 @@ import pytest
 
 from kinetoscope.prompts.caption import heldout_prompts, load_prompts, short_prompts
 from kinetoscope.world.captions import caption, describe, parse_prompt, satisfies
-from kinetoscope.world.scene import HELDOUT, Obj, Scene, is_excluded, sample_scene
+from kinetoscope.world.scene import (
+    HELDOUT,
+    OBJECT_KEYS,
+    SCENE_KEYS,
+    Obj,
+    Scene,
+    is_excluded,
+    sample_scene,
+    swap,
+)
 
 
 def object_keys(scene: Scene) -> Counter:
@@ -168,3 +177,34 @@ def test_shipped_prompt_sets_are_reproducible_and_state_what_they_claim():
         parsed = parse_prompt(line)
         assert parsed.unknown_words == [] and parsed.scene.objects, line
         assert not is_excluded(parsed.scene, HELDOUT), line
+
+
+def test_a_swap_changes_only_its_attribute_and_avoids_heldout():
+    for i in range(40):
+        rng = np.random.default_rng(i)
+        scene = sample_scene(rng, exclude=HELDOUT)
+        for key in (*OBJECT_KEYS, *SCENE_KEYS):
+            other = swap(scene, key, rng)
+            if other is None:  # only possible for a colour every other object holds, or held out
+                continue
+            assert not is_excluded(other, HELDOUT)
+            changed = [
+                k for a, b in zip(scene.objects, other.objects) for k in OBJECT_KEYS
+                if getattr(a, k) != getattr(b, k)
+            ]  # fmt: skip
+            changed += [k for k in SCENE_KEYS if getattr(scene, k) != getattr(other, k)]
+            assert changed == [key]
+            assert getattr(scene.objects[0] if key in OBJECT_KEYS else scene, key) != getattr(
+                other.objects[0] if key in OBJECT_KEYS else other, key
+            )
+    # A cyan object can never be swapped to moving up (held out): another motion is chosen.
+    cyan = Scene("meadow", "day", "static", [Obj("circle", "cyan", "large", "left", "slow")])
+    for i in range(20):
+        assert swap(cyan, "motion", np.random.default_rng(i)).objects[0].motion != "up"
+    # The only other time is held out for this object: no swap.
+    white = Scene("desert", "day", "static", [Obj("square", "white", "large", "left", "slow")])
+    assert swap(white, "time", np.random.default_rng(0)) is None
+    # Colours stay distinct: the first object never takes the second's colour.
+    two = Scene("meadow", "day", "static", [Obj("circle", "red"), Obj("square", "blue")])
+    for i in range(20):
+        assert swap(two, "color", np.random.default_rng(i)).objects[0].color not in ("red", "blue")

@@ -125,6 +125,35 @@ def test_shapeworld_from_config():
     batch = ShapeWorldClips.from_config(weighted).batch(0)
     assert batch["coverage"].dtype == torch.uint8
     assert batch["coverage"].shape == batch["video"][:, 0].shape  # [B, T, H, W]
+    assert "wrong" not in batch
+
+
+def test_wrong_captions_change_one_word_of_one_object_clips():
+    from kinetoscope.world.captions import parse_prompt
+
+    keys = ["train.contrast_weight=1", "train.contrast_keys=[shape, motion]"]
+    cfg = resolve({}, ["data.tokens_per_batch=1152", "data.simple_share=0.5", *keys])
+    ds = ShapeWorldClips.from_config(cfg)
+    assert ds.coverage  # the hinge counts the object's positions
+    seen, keys = 0, set()
+    for j in range(4):
+        batch = ds.batch(j)
+        assert batch["wrong"] == ds.batch(j)["wrong"]  # a pure function of (seed, j, k)
+        for text, wrong, scene in zip(batch["caption"], batch["wrong"], batch["scene"]):
+            if len(scene["objects"]) != 1:
+                assert wrong is None
+                continue
+            seen += 1
+            true, other = (parse_prompt(c).scene.objects[0] for c in (text, wrong))
+            changed = [
+                k
+                for k in ("shape", "color", "size", "motion", "speed")
+                if None not in (getattr(true, k), getattr(other, k))
+                and getattr(true, k) != getattr(other, k)
+            ]  # (a still object has no speed)
+            assert len(changed) == 1 and changed[0] in ("shape", "motion")
+            keys.add(changed[0])
+    assert seen >= 4 and keys == {"shape", "motion"}
 
 
 # ---- buckets ----------------------------------------------------------------------------------

@@ -23,15 +23,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from kinetoscope.data.buckets import Bucket, batch_size_for, make_buckets
-from kinetoscope.world.scene import HELDOUT, Scene, sample_scene
+from kinetoscope.world.scene import HELDOUT, Scene, sample_scene, swap
 
 # Tags that keep the bucket draw and the sample draws on unrelated random streams.
-_BUCKET_STREAM, _SAMPLE_STREAM = 1, 2
+_BUCKET_STREAM, _SAMPLE_STREAM, _WRONG_STREAM = 1, 2, 3
 
 
 class ShapeWorldClips(IterableDataset):
     """Yields batches {video [B,3,T,H,W] in [-1,1], caption [B], scene [B], index j, bucket}, and
-    with `coverage` also coverage [B,T,H,W]: the objects' share of each pixel, 0..255 (uint8).
+    with `coverage` also coverage [B,T,H,W]: the objects' share of each pixel, 0..255 (uint8);
+    with `wrong_keys` also wrong [B]: the caption of the clip's scene with one of those object
+    attributes changed (`scene.swap`, same phrasing seed) for one-object clips, else None.
 
     `batch_sizes[b]` is the per-rank batch size of bucket b. `image_share` is the share of
     batches drawn from the 1-frame buckets (images); the video buckets share the rest.
@@ -52,6 +54,7 @@ class ShapeWorldClips(IterableDataset):
         detail: str = "detailed",
         simple_share: float = 0.0,
         coverage: bool = False,
+        wrong_keys: Sequence[str] = (),
     ):
         super().__init__()
         if len(buckets) != len(batch_sizes):
@@ -68,7 +71,11 @@ class ShapeWorldClips(IterableDataset):
         self.fps, self.image_share, self.seed = fps, image_share, seed
         self.exclude = HELDOUT if exclude_heldout else ()
         self.rank, self.world_size, self.start, self.detail = rank, world_size, start, detail
-        self.simple_share, self.coverage = simple_share, coverage
+        self.simple_share, self.coverage, self.wrong_keys = (
+            simple_share,
+            coverage,
+            tuple(wrong_keys),
+        )
 
     @classmethod
     def from_config(cls, cfg, rank: int = 0, world_size: int = 1, start: int = 0, tokens=None):
@@ -91,7 +98,9 @@ class ShapeWorldClips(IterableDataset):
             world_size=world_size,
             start=start,
             simple_share=d.simple_share,
-            coverage=cfg.train.object_weight > 0,  # only the object-weighted loss reads it
+            # only the object-weighted and contrast losses read these
+            coverage=cfg.train.object_weight > 0 or cfg.train.contrast_weight > 0,
+            wrong_keys=cfg.train.contrast_keys if cfg.train.contrast_weight > 0 else (),
         )
 
     def bucket_of(self, j: int) -> int:
@@ -129,7 +138,19 @@ class ShapeWorldClips(IterableDataset):
             out["coverage"] = torch.from_numpy(np.rint(cover * 255).astype(np.uint8))
         x = torch.from_numpy(video.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
         text = caption(scene, self.detail, caption_seed)
+        if self.wrong_keys:
+            out["wrong"] = self.wrong_caption(scene, caption_seed, j, k)
         return {"video": x, **out, "caption": text, "scene": scene.to_dict()}
+
+    def wrong_caption(self, scene: Scene, caption_seed: int, j: int, k: int) -> str | None:
+        """Returns the caption of `scene` with one of `wrong_keys` changed, or None."""
+        from kinetoscope.world.captions import caption
+
+        if len(scene.objects) != 1:  # which object a word belongs to would be ambiguous
+            return None
+        rng = np.random.default_rng([self.seed, _WRONG_STREAM, j, k])
+        other = swap(scene, str(rng.choice(self.wrong_keys)), rng, self.exclude)
+        return None if other is None else caption(other, self.detail, caption_seed)
 
     def batch(self, j: int) -> dict:
         """Returns this rank's part of global batch j, collated."""
@@ -145,6 +166,8 @@ class ShapeWorldClips(IterableDataset):
         }
         if self.coverage:
             out["coverage"] = torch.stack([s["coverage"] for s in samples])  # [B, T, H, W]
+        if self.wrong_keys:
+            out["wrong"] = [s["wrong"] for s in samples]
         return out
 
     def __iter__(self) -> Iterator[dict]:

@@ -110,6 +110,21 @@ def flow_loss(
     error: the mean becomes sum(weight x error^2) / sum(weight) over unknown frames (a weight
     of ones gives the plain mean). The temporal term stays unweighted.
     """
+    err, unknown = velocity_error(model, x0, t, noise, context, context_mask, cond)
+    return error_loss(err, unknown, temporal_weight, weight)
+
+
+def velocity_error(
+    model,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    context: Tensor,
+    context_mask: Tensor | None = None,
+    cond: FrameCondition | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Returns (the model's fp32 velocity error [B, C, T, H, W], unknown frames [B, T] bool):
+    the prediction at x_t minus `noise - x0`, as `flow_loss` describes."""
     if noise.shape != x0.shape:
         raise ValueError(f"noise {tuple(noise.shape)} must match x0 {tuple(x0.shape)}")
     t_frames = frame_timesteps(t, x0.shape[2])  # [B, T]
@@ -119,14 +134,46 @@ def flow_loss(
         x_t, t_frames = cond.apply(x_t, t_frames)
         unknown = ~cond.mask.to(x0.device)
     v = model(x_t, t_frames, context, context_mask)
-    err = v.float() - (noise.float() - x0.float())  # [B, C, T, H, W]
+    return v.float() - (noise.float() - x0.float()), unknown
+
+
+def error_loss(
+    err: Tensor, unknown: Tensor, temporal_weight: float = 0.0, weight: Tensor | None = None
+) -> Tensor:
+    """Returns `flow_loss` of a velocity error `err` [B, C, T, H, W] over `unknown` [B, T]."""
     loss = _masked_mean(err.square(), unknown, weight)
-    if temporal_weight and x0.shape[2] > 1:
+    if temporal_weight and err.shape[2] > 1:
         both = unknown[:, 1:] & unknown[:, :-1]  # [B, T - 1]: pairs of unknown frames
         known_zero = torch.where(unknown[:, None, :, None, None], err, 0.0)  # no NaN leaks in
         change = known_zero[:, :, 1:] - known_zero[:, :, :-1]
         loss = loss + temporal_weight * _masked_mean(change.square(), both)
     return loss
+
+
+def contrast_loss(
+    err: Tensor, err_wrong: Tensor, unknown: Tensor, weight: Tensor, t: Tensor, margin: float
+) -> Tensor:
+    """Returns a hinge that asks the velocity error under a wrong caption to exceed the error
+    under the true one, on the positions `weight` marks: the mean over samples of
+    relu(t log(1 + margin) - log(E_wrong / E)).
+
+    err, err_wrong: [N, C, T, H, W], the same noisy clips predicted with the true caption and
+    with one word changed; E, E_wrong: each sample's mean squared error weighted by `weight`
+    ([N, 1, T, H, W], >= 0; the object's coverage) over `unknown` [N, T]; t: [N]. The margin
+    grows with t: near the data the clip itself shows what the words say, near the noise only
+    the words do. A sample without weight on its unknown frames counts for nothing.
+    """
+    w = torch.where(unknown[:, None, :, None, None], weight.float(), 0.0)  # [N, 1, T, H, W]
+    dims = tuple(range(1, err.dim()))
+    mass = w.sum(dims) * err.shape[1]  # [N]
+    has = mass > 0
+
+    def mean_sq(e: Tensor) -> Tensor:
+        return torch.where(w > 0, e.square() * w, 0.0).sum(dims) / mass.clamp(min=1e-12)
+
+    gap = torch.log(mean_sq(err_wrong).clamp(min=1e-12)) - torch.log(mean_sq(err).clamp(min=1e-12))
+    hinge = torch.relu(t.float().to(err.device) * math.log1p(margin) - gap)
+    return torch.where(has, hinge, 0.0).sum() / has.sum().clamp(min=1)
 
 
 def _masked_mean(sq: Tensor, frames: Tensor, weight: Tensor | None = None) -> Tensor:

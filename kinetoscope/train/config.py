@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from kinetoscope.errors import UserError
+from kinetoscope.world.scene import OBJECT_KEYS
 
 
 class ConfigError(UserError, ValueError):
@@ -118,6 +119,14 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # frames), so the objects (a few percent of the pixels) are not drowned out by the
     # background. Needs the masks: ShapeWorld clips rendered in the loop.
     object_weight: float = 0.0
+    # dit stage: weight of a hinge (flow.contrast_loss) that asks the flow loss on the object
+    # to be higher, by a factor up to 1 + contrast_margin (at t = 1), when the same noisy clip
+    # comes with its caption after one of `contrast_keys` is changed (one-object clips with no
+    # frame given; each costs one more sample in the forward pass). The flow loss alone pays
+    # too little for a word that changes a few pixels (a shape). Needs the scenes and masks.
+    contrast_weight: float = 0.0
+    contrast_margin: float = 0.5
+    contrast_keys: list[str] = field(default_factory=lambda: ["shape"])
     # Relative weight of each frame condition drawn for dit-stage samples (names as
     # diffusion/conditioning.py's KINDS; a kind left out of the mapping has weight 0): one
     # model learns text-to-video (none), image-to-video (first_frame), extension (prefix,
@@ -352,7 +361,20 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.temporal_weight >= 0.0, f"train.temporal_weight must be >= 0, got {t.temporal_weight}")
     _check(t.read_weight >= 0.0, f"train.read_weight must be >= 0, got {t.read_weight}")
     _check(t.object_weight >= 0.0, f"train.object_weight must be >= 0, got {t.object_weight}")
-    for key, needs in (("read_weight", "the scenes"), ("object_weight", "the object masks")):
+    _check(t.contrast_weight >= 0.0, f"train.contrast_weight must be >= 0, got {t.contrast_weight}")
+    _check(t.contrast_margin > 0.0, f"train.contrast_margin must be > 0, got {t.contrast_margin}")
+    _check(
+        bool(t.contrast_keys) or not t.contrast_weight,
+        "train.contrast_keys must name an attribute to change",
+    )
+    for name in t.contrast_keys:
+        _choice("train.contrast_keys", name, OBJECT_KEYS)
+    needs_scenes = (
+        ("read_weight", "the scenes"),
+        ("object_weight", "the object masks"),
+        ("contrast_weight", "the scenes and object masks"),
+    )
+    for key, needs in needs_scenes:
         if getattr(t, key):
             _check(m.stage == "dit", f"train.{key} is for model.stage=dit")
             _check(

@@ -340,9 +340,17 @@ class DiTInputs:
 
 
 def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: DiTInputs):
-    """Returns the flow-matching loss of a batch: random t, text dropout, frame conditions."""
+    """Returns the flow-matching loss of a batch: random t, text dropout, frame conditions; with
+    train.read_weight the reading loss, with train.contrast_weight the wrong-caption hinge."""
     from kinetoscope.diffusion.conditioning import ConditionProbs, FrameCondition, random_condition
-    from kinetoscope.diffusion.flow import flow_loss, sample_t, shift_for_latent, shift_t
+    from kinetoscope.diffusion.flow import (
+        contrast_loss,
+        error_loss,
+        sample_t,
+        shift_for_latent,
+        shift_t,
+        velocity_error,
+    )
 
     if "latent" in batch:
         x0 = batch["latent"].to(device).float()
@@ -353,35 +361,57 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     captions = list(batch["caption"])
     drop = torch.rand(b, generator=g) < cfg.train.text_dropout  # CFG: learn the "" prompt
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    ids, ids_mask = io.model.text.tokenize(captions)
     shift = shift_for_latent(t_lat, h, w, io.model.dit.cfg.patch_size, cfg.train.shift)
     t = shift_t(sample_t(b, g), shift).to(device)
     probs = ConditionProbs(**{k: cfg.train.conditions.get(k, 0.0) for k in _kinds()})
-    known = random_condition(b, t_lat, g, probs)  # [B, T] True = given clean
+    known = random_condition(b, t_lat, g, probs).to(device)  # [B, T] True = given clean
     noise = torch.randn(x0.shape, generator=g).to(device)
-    cond = FrameCondition(known.to(device), x0)
-    weight = None
-    if cfg.train.object_weight:
+    cover = weight = None
+    if cfg.train.object_weight or cfg.train.contrast_weight:
         cover = latent_coverage(batch["coverage"].to(device).float() / 255, x0.shape[2:])
+    if cfg.train.object_weight:
         weight = 1 + cfg.train.object_weight * cover
-    tw = cfg.train.temporal_weight
-    w = cfg.train.read_weight
-    if not w or drop.all():  # nothing to read
-        return flow_loss(forward, x0, t, noise, ids, ids_mask, cond, tw, weight)
-    from kinetoscope.train.read_captions import scene_loss
-    from kinetoscope.world.scene import Scene
+    # Contrast: the clips with a wrong caption, nothing dropped and no frame given, go through
+    # the model a second time (appended to the batch) with that caption.
+    wrong = []
+    if cfg.train.contrast_weight:
+        given = known.any(1).tolist()
+        wrong = [
+            i for i, c in enumerate(batch["wrong"]) if c and not drop[i] and not given[i]
+        ]  # fmt: skip
+        captions += [batch["wrong"][i] for i in wrong]
+    pick = torch.tensor(wrong, dtype=torch.long, device=device)
 
-    read = (~drop).to(device)  # the captions kept: the head reads their scenes
-    logits = []
+    def twice(x: torch.Tensor) -> torch.Tensor:  # the batch, then its clips with a wrong caption
+        return torch.cat([x, x[pick]]) if wrong else x
 
-    def model(*args):
-        v, out = forward(*args, read=read)
-        logits.append(out)
-        return v
+    ids, ids_mask = io.model.text.tokenize(captions)
+    x0, noise, t, known = twice(x0), twice(noise), twice(t), twice(known)
+    cond = FrameCondition(known, x0)
+    model, logits = forward, []
+    read_w = cfg.train.read_weight
+    if read_w and not drop.all():  # the head reads the scenes of the captions kept
+        read = torch.cat([~drop, torch.zeros(len(wrong), dtype=torch.bool)]).to(device)
 
-    loss = flow_loss(model, x0, t, noise, ids, ids_mask, cond, tw, weight)
-    scenes = [Scene.from_dict(s) for s, d in zip(batch["scene"], drop.tolist()) if not d]
-    return loss + w * scene_loss(logits[0], scenes)
+        def model(*args):
+            v, out = forward(*args, read=read)
+            logits.append(out)
+            return v
+
+    err, unknown = velocity_error(model, x0, t, noise, ids, ids_mask, cond)
+    loss = error_loss(err[:b], unknown[:b], cfg.train.temporal_weight, weight)
+    if wrong:
+        hinge = contrast_loss(
+            err[pick], err[b:], unknown[pick], cover[pick], t[pick], cfg.train.contrast_margin
+        )
+        loss = loss + cfg.train.contrast_weight * hinge
+    if logits:
+        from kinetoscope.train.read_captions import scene_loss
+        from kinetoscope.world.scene import Scene
+
+        scenes = [Scene.from_dict(s) for s, d in zip(batch["scene"], drop.tolist()) if not d]
+        loss = loss + read_w * scene_loss(logits[0], scenes)
+    return loss
 
 
 def latent_coverage(cover: torch.Tensor, latent: tuple[int, int, int]) -> torch.Tensor:

@@ -7,6 +7,7 @@ states (`parse_prompt`) or what the judge could read back.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -111,6 +112,23 @@ def rule_matches(rule: dict[str, str], scene: Scene, obj: Obj) -> bool:
 def is_excluded(scene: Scene, exclude: tuple[dict[str, str], ...] | list = ()) -> bool:
     """True when any object of the scene falls under any held-out rule."""
     return any(rule_matches(r, scene, o) for r in exclude for o in scene.objects)
+
+
+def swap(
+    scene: Scene, key: str, rng: np.random.Generator, exclude: tuple | list = HELDOUT
+) -> Scene | None:
+    """Returns a copy of the scene with `key` (of the scene, or of its first object) set to
+    another value drawn at random, or None when every other value falls under `exclude`
+    (or would give two objects one colour)."""
+    holder = scene.objects[0] if key in OBJECT_KEYS else scene
+    current = getattr(holder, key)
+    for value in rng.permutation([v for v in VOCAB[key] if v != current]):
+        other = copy.deepcopy(scene)
+        setattr(other.objects[0] if key in OBJECT_KEYS else other, key, str(value))
+        colors = [o.color for o in other.objects]
+        if len(set(colors)) == len(colors) and not is_excluded(other, exclude):
+            return other
+    return None
 
 
 def _random_object(rng: np.random.Generator, depth: int) -> Obj:
