@@ -125,26 +125,31 @@ def test_shapeworld_from_config():
     batch = ShapeWorldClips.from_config(weighted).batch(0)
     assert batch["coverage"].dtype == torch.uint8
     assert batch["coverage"].shape == batch["video"][:, 0].shape  # [B, T, H, W]
-    assert "wrong" not in batch
+    assert "pair" not in batch
 
 
-def test_wrong_captions_change_one_word_of_one_object_clips():
+def test_pairs_change_one_word_and_only_the_pixels_of_its_object():
     from kinetoscope.world.captions import parse_prompt
 
-    keys = ["train.contrast_weight=1", "train.contrast_keys=[shape, motion]"]
+    keys = ["train.pair_weight=1", "train.pair_keys=[shape, motion]"]
     cfg = resolve({}, ["data.tokens_per_batch=1152", "data.simple_share=0.5", *keys])
     ds = ShapeWorldClips.from_config(cfg)
-    assert ds.coverage  # the hinge counts the object's positions
-    seen, keys = 0, set()
+    assert ds.coverage  # the pair term counts the objects' positions
+    seen, changed_keys = 0, set()
     for j in range(4):
         batch = ds.batch(j)
-        assert batch["wrong"] == ds.batch(j)["wrong"]  # a pure function of (seed, j, k)
-        for text, wrong, scene in zip(batch["caption"], batch["wrong"], batch["scene"]):
-            if len(scene["objects"]) != 1:
-                assert wrong is None
-                continue
+        pair = batch["pair"]
+        ones = [i for i, s in enumerate(batch["scene"]) if len(s["objects"]) == 1]
+        assert (pair["index"] if pair else []) == ones  # every one-object clip has its twin
+        if not pair:
+            continue
+        assert pair["video"].shape == batch["video"][ones].shape
+        assert pair["coverage"].shape == batch["coverage"][ones].shape
+        torch.testing.assert_close(pair["video"], ds.batch(j)["pair"]["video"])  # (seed, j, k)
+        for n, i in enumerate(ones):
             seen += 1
-            true, other = (parse_prompt(c).scene.objects[0] for c in (text, wrong))
+            true, other = (parse_prompt(c).scene.objects[0]
+                           for c in (batch["caption"][i], pair["caption"][n]))  # fmt: skip
             changed = [
                 k
                 for k in ("shape", "color", "size", "motion", "speed")
@@ -152,8 +157,13 @@ def test_wrong_captions_change_one_word_of_one_object_clips():
                 and getattr(true, k) != getattr(other, k)
             ]  # (a still object has no speed)
             assert len(changed) == 1 and changed[0] in ("shape", "motion")
-            keys.add(changed[0])
-    assert seen >= 4 and keys == {"shape", "motion"}
+            changed_keys.add(changed[0])
+            # The same render seed: where neither object is, the pixels are the same (to one
+            # level of 255, for the masks' antialiased edges rounded to 0).
+            free = (batch["coverage"][i] == 0) & (pair["coverage"][n] == 0)  # [T, H, W]
+            diff = (batch["video"][i] - pair["video"][n]).abs().amax(0) * 127.5
+            assert diff[free].max() <= 1.001 and diff[~free].max() > 10
+    assert seen >= 4 and changed_keys == {"shape", "motion"}
 
 
 # ---- buckets ----------------------------------------------------------------------------------

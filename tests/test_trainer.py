@@ -396,23 +396,21 @@ def test_object_weight_weighs_the_objects_in_the_flow_loss(tmp_path, capsys, mic
     assert not (tmp_path / "c").exists()
 
 
-def test_contrast_weight_adds_the_wrong_caption_hinge(tmp_path, capsys, micro_dit):
-    """train.contrast_weight: the same seed, clips, noise and flow loss; the hinge comes on top
-    (an untrained model reads no word, so every one-object clip's hinge is open)."""
+def test_pair_weight_adds_the_paired_clips_term(tmp_path, capsys, micro_dit):
+    """train.pair_weight: the same seed, clips, noise and flow loss; the term comes on top."""
     base = ["model.stage=dit", "model.vae=micro", "model.dit=micro", "model.text=micro",
             "data.buckets=[[5,16,16]]", "data.image_share=0.0", "data.num_workers=0",
             "data.max_batch_size=2", "data.simple_share=1.0", "train.text_dropout=0",
-            "train.conditions={none: 1.0}", "train.steps=1", "train.sample_every=1000",
-            "train.bf16=false"]  # fmt: skip
-    for name, w in (("plain", 0.0), ("contrast", 1.0)):
-        args = [*base, f"train.contrast_weight={w}", f"train.out={tmp_path / name}"]
+            "train.steps=1", "train.sample_every=1000", "train.bf16=false"]  # fmt: skip
+    for name, w in (("plain", 0.0), ("pair", 100.0)):
+        args = [*base, f"train.pair_weight={w}", f"train.out={tmp_path / name}"]
         assert main(["train", "/dev/null", *args]) == 0
-    plain, contrast = (read_metrics(tmp_path / n)[0]["loss"] for n in ("plain", "contrast"))
-    assert math.isfinite(contrast) and contrast > plain + 0.01
+    plain, paired = (read_metrics(tmp_path / n)[0]["loss"] for n in ("plain", "pair"))
+    assert math.isfinite(paired) and paired > plain + 1e-3
 
-    cached = [*base, "train.contrast_weight=1", "data.latent_cache=somewhere"]
+    cached = [*base, "train.pair_weight=1", "data.latent_cache=somewhere"]
     assert main(["train", "/dev/null", *cached, f"train.out={tmp_path / 'c'}"]) == 2
-    assert "train.contrast_weight needs the scenes" in capsys.readouterr().err
+    assert "train.pair_weight needs the scenes" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
 

@@ -26,14 +26,14 @@ from kinetoscope.data.buckets import Bucket, batch_size_for, make_buckets
 from kinetoscope.world.scene import HELDOUT, Scene, sample_scene, swap
 
 # Tags that keep the bucket draw and the sample draws on unrelated random streams.
-_BUCKET_STREAM, _SAMPLE_STREAM, _WRONG_STREAM = 1, 2, 3
+_BUCKET_STREAM, _SAMPLE_STREAM, _PAIR_STREAM = 1, 2, 3
 
 
 class ShapeWorldClips(IterableDataset):
     """Yields batches {video [B,3,T,H,W] in [-1,1], caption [B], scene [B], index j, bucket}, and
     with `coverage` also coverage [B,T,H,W]: the objects' share of each pixel, 0..255 (uint8);
-    with `wrong_keys` also wrong [B]: the caption of the clip's scene with one of those object
-    attributes changed (`scene.swap`, same phrasing seed) for one-object clips, else None.
+    with `pair_keys` also pair: the one-object clips rendered again, the same in all but one of
+    those object attributes (`scene.swap`; the same render and caption seeds), with captions.
 
     `batch_sizes[b]` is the per-rank batch size of bucket b. `image_share` is the share of
     batches drawn from the 1-frame buckets (images); the video buckets share the rest.
@@ -54,7 +54,7 @@ class ShapeWorldClips(IterableDataset):
         detail: str = "detailed",
         simple_share: float = 0.0,
         coverage: bool = False,
-        wrong_keys: Sequence[str] = (),
+        pair_keys: Sequence[str] = (),
     ):
         super().__init__()
         if len(buckets) != len(batch_sizes):
@@ -71,11 +71,8 @@ class ShapeWorldClips(IterableDataset):
         self.fps, self.image_share, self.seed = fps, image_share, seed
         self.exclude = HELDOUT if exclude_heldout else ()
         self.rank, self.world_size, self.start, self.detail = rank, world_size, start, detail
-        self.simple_share, self.coverage, self.wrong_keys = (
-            simple_share,
-            coverage,
-            tuple(wrong_keys),
-        )
+        self.simple_share, self.coverage = simple_share, coverage
+        self.pair_keys = tuple(pair_keys)
 
     @classmethod
     def from_config(cls, cfg, rank: int = 0, world_size: int = 1, start: int = 0, tokens=None):
@@ -98,9 +95,9 @@ class ShapeWorldClips(IterableDataset):
             world_size=world_size,
             start=start,
             simple_share=d.simple_share,
-            # only the object-weighted and contrast losses read these
-            coverage=cfg.train.object_weight > 0 or cfg.train.contrast_weight > 0,
-            wrong_keys=cfg.train.contrast_keys if cfg.train.contrast_weight > 0 else (),
+            # only the object-weighted and paired losses read these
+            coverage=cfg.train.object_weight > 0 or cfg.train.pair_weight > 0,
+            pair_keys=cfg.train.pair_keys if cfg.train.pair_weight > 0 else (),
         )
 
     def bucket_of(self, j: int) -> int:
@@ -123,12 +120,22 @@ class ShapeWorldClips(IterableDataset):
 
     def sample(self, j: int, k: int) -> dict:
         """Returns sample k of global batch j: {video [3,T,H,W] in [-1,1], caption, scene}, with
-        `coverage` also coverage [T,H,W] uint8."""
+        `coverage` also coverage [T,H,W] uint8, with `pair_keys` also pair: the same clip
+        (render and caption seeds) after one of those attributes is changed, or None."""
+        b = self.buckets[self.bucket_of(j)]
+        scene, render_seed, caption_seed = self.scene(j, k)
+        out = self._clip(scene, b, render_seed, caption_seed)
+        out["scene"] = scene.to_dict()
+        if self.pair_keys:
+            other = self.paired_scene(scene, j, k)
+            pair = None if other is None else self._clip(other, b, render_seed, caption_seed)
+            out["pair"] = pair
+        return out
+
+    def _clip(self, scene: Scene, b: Bucket, render_seed: int, caption_seed: int) -> dict:
         from kinetoscope.world.captions import caption
         from kinetoscope.world.render import render
 
-        b = self.buckets[self.bucket_of(j)]
-        scene, render_seed, caption_seed = self.scene(j, k)
         video = render(
             scene, b.width, b.height, b.frames, self.fps, render_seed, coverage=self.coverage
         )
@@ -136,38 +143,32 @@ class ShapeWorldClips(IterableDataset):
         if self.coverage:
             video, cover = video
             out["coverage"] = torch.from_numpy(np.rint(cover * 255).astype(np.uint8))
-        x = torch.from_numpy(video.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
-        text = caption(scene, self.detail, caption_seed)
-        if self.wrong_keys:
-            out["wrong"] = self.wrong_caption(scene, caption_seed, j, k)
-        return {"video": x, **out, "caption": text, "scene": scene.to_dict()}
+        out["video"] = torch.from_numpy(video.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+        out["caption"] = caption(scene, self.detail, caption_seed)
+        return out
 
-    def wrong_caption(self, scene: Scene, caption_seed: int, j: int, k: int) -> str | None:
-        """Returns the caption of `scene` with one of `wrong_keys` changed, or None."""
-        from kinetoscope.world.captions import caption
-
+    def paired_scene(self, scene: Scene, j: int, k: int) -> Scene | None:
+        """Returns `scene` with one of `pair_keys` changed (`scene.swap`), or None when the
+        scene has more than one object or no other value is allowed."""
         if len(scene.objects) != 1:  # which object a word belongs to would be ambiguous
             return None
-        rng = np.random.default_rng([self.seed, _WRONG_STREAM, j, k])
-        other = swap(scene, str(rng.choice(self.wrong_keys)), rng, self.exclude)
-        return None if other is None else caption(other, self.detail, caption_seed)
+        rng = np.random.default_rng([self.seed, _PAIR_STREAM, j, k])
+        return swap(scene, str(rng.choice(self.pair_keys)), rng, self.exclude)
 
     def batch(self, j: int) -> dict:
-        """Returns this rank's part of global batch j, collated."""
+        """Returns this rank's part of global batch j, collated; with `pair_keys`, pair is
+        {index: the samples that have one, video, coverage, caption} or None."""
         b = self.bucket_of(j)
         n = self.batch_sizes[b]
         samples = [self.sample(j, k) for k in range(self.rank * n, (self.rank + 1) * n)]
-        out = {
-            "video": torch.stack([s["video"] for s in samples]),  # [B, 3, T, H, W]
-            "caption": [s["caption"] for s in samples],
-            "scene": [s["scene"] for s in samples],
-            "index": j,
-            "bucket": (self.buckets[b].frames, self.buckets[b].height, self.buckets[b].width),
-        }
-        if self.coverage:
-            out["coverage"] = torch.stack([s["coverage"] for s in samples])  # [B, T, H, W]
-        if self.wrong_keys:
-            out["wrong"] = [s["wrong"] for s in samples]
+        out = collate(samples, ("scene",))
+        out["index"] = j
+        out["bucket"] = (self.buckets[b].frames, self.buckets[b].height, self.buckets[b].width)
+        if self.pair_keys:
+            have = [i for i, s in enumerate(samples) if s["pair"] is not None]
+            out["pair"] = collate([samples[i]["pair"] for i in have]) if have else None
+            if have:
+                out["pair"]["index"] = have
         return out
 
     def __iter__(self) -> Iterator[dict]:
@@ -175,6 +176,16 @@ class ShapeWorldClips(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for j in itertools.count(self.start + worker, workers):
             yield self.batch(j)
+
+
+def collate(samples: list[dict], keep: tuple[str, ...] = ()) -> dict:
+    """Returns the samples' video (and coverage) stacked, captions (and `keep`) as lists."""
+    out = {"video": torch.stack([s["video"] for s in samples])}  # [B, 3, T, H, W]
+    if "coverage" in samples[0]:
+        out["coverage"] = torch.stack([s["coverage"] for s in samples])  # [B, T, H, W]
+    for key in ("caption", *keep):
+        out[key] = [s[key] for s in samples]
+    return out
 
 
 def loader(dataset: ShapeWorldClips, num_workers: int = 0, prefetch: int = 2) -> DataLoader:

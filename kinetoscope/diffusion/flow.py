@@ -150,32 +150,6 @@ def error_loss(
     return loss
 
 
-def contrast_loss(
-    err: Tensor, err_wrong: Tensor, unknown: Tensor, weight: Tensor, t: Tensor, margin: float
-) -> Tensor:
-    """Returns a hinge that asks the velocity error under a wrong caption to exceed the error
-    under the true one, on the positions `weight` marks: the mean over samples of
-    relu(t log(1 + margin) - log(E_wrong / E)).
-
-    err, err_wrong: [N, C, T, H, W], the same noisy clips predicted with the true caption and
-    with one word changed; E, E_wrong: each sample's mean squared error weighted by `weight`
-    ([N, 1, T, H, W], >= 0; the object's coverage) over `unknown` [N, T]; t: [N]. The margin
-    grows with t: near the data the clip itself shows what the words say, near the noise only
-    the words do. A sample without weight on its unknown frames counts for nothing.
-    """
-    w = torch.where(unknown[:, None, :, None, None], weight.float(), 0.0)  # [N, 1, T, H, W]
-    dims = tuple(range(1, err.dim()))
-    mass = w.sum(dims) * err.shape[1]  # [N]
-    has = mass > 0
-
-    def mean_sq(e: Tensor) -> Tensor:
-        return torch.where(w > 0, e.square() * w, 0.0).sum(dims) / mass.clamp(min=1e-12)
-
-    gap = torch.log(mean_sq(err_wrong).clamp(min=1e-12)) - torch.log(mean_sq(err).clamp(min=1e-12))
-    hinge = torch.relu(t.float().to(err.device) * math.log1p(margin) - gap)
-    return torch.where(has, hinge, 0.0).sum() / has.sum().clamp(min=1)
-
-
 def _masked_mean(sq: Tensor, frames: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean of `sq` [B, C, T, H, W] over the frames where `frames` [B, T] is True (0 if none),
     weighted by `weight` (broadcastable to [B, 1, T, H, W]) when given."""

@@ -119,14 +119,14 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # frames), so the objects (a few percent of the pixels) are not drowned out by the
     # background. Needs the masks: ShapeWorld clips rendered in the loop.
     object_weight: float = 0.0
-    # dit stage: weight of a hinge (flow.contrast_loss) that asks the flow loss on the object
-    # to be higher, by a factor up to 1 + contrast_margin (at t = 1), when the same noisy clip
-    # comes with its caption after one of `contrast_keys` is changed (one-object clips with no
-    # frame given; each costs one more sample in the forward pass). The flow loss alone pays
-    # too little for a word that changes a few pixels (a shape). Needs the scenes and masks.
-    contrast_weight: float = 0.0
-    contrast_margin: float = 0.5
-    contrast_keys: list[str] = field(default_factory=lambda: ["shape"])
+    # dit stage: each one-object clip is rendered again with one of `pair_keys` changed (the
+    # same seeds: only that attribute's pixels differ) and goes through the model with the
+    # same noise and t under its own caption; a term of this weight asks the two velocity
+    # errors to be equal on the objects (their masks). The noise both errors share cancels, so
+    # what is left is the word's effect alone, which the flow loss buries under the part of
+    # the error no caption can predict. Needs the scenes and masks.
+    pair_weight: float = 0.0
+    pair_keys: list[str] = field(default_factory=lambda: ["shape"])
     # Relative weight of each frame condition drawn for dit-stage samples (names as
     # diffusion/conditioning.py's KINDS; a kind left out of the mapping has weight 0): one
     # model learns text-to-video (none), image-to-video (first_frame), extension (prefix,
@@ -361,18 +361,14 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.temporal_weight >= 0.0, f"train.temporal_weight must be >= 0, got {t.temporal_weight}")
     _check(t.read_weight >= 0.0, f"train.read_weight must be >= 0, got {t.read_weight}")
     _check(t.object_weight >= 0.0, f"train.object_weight must be >= 0, got {t.object_weight}")
-    _check(t.contrast_weight >= 0.0, f"train.contrast_weight must be >= 0, got {t.contrast_weight}")
-    _check(t.contrast_margin > 0.0, f"train.contrast_margin must be > 0, got {t.contrast_margin}")
-    _check(
-        bool(t.contrast_keys) or not t.contrast_weight,
-        "train.contrast_keys must name an attribute to change",
-    )
-    for name in t.contrast_keys:
-        _choice("train.contrast_keys", name, OBJECT_KEYS)
+    _check(t.pair_weight >= 0.0, f"train.pair_weight must be >= 0, got {t.pair_weight}")
+    _check(bool(t.pair_keys) or not t.pair_weight, "train.pair_keys must name an attribute")
+    for name in t.pair_keys:
+        _choice("train.pair_keys", name, OBJECT_KEYS)
     needs_scenes = (
         ("read_weight", "the scenes"),
         ("object_weight", "the object masks"),
-        ("contrast_weight", "the scenes and object masks"),
+        ("pair_weight", "the scenes and object masks"),
     )
     for key, needs in needs_scenes:
         if getattr(t, key):

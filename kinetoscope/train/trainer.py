@@ -341,10 +341,9 @@ class DiTInputs:
 
 def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: DiTInputs):
     """Returns the flow-matching loss of a batch: random t, text dropout, frame conditions; with
-    train.read_weight the reading loss, with train.contrast_weight the wrong-caption hinge."""
+    train.read_weight the reading loss, with train.pair_weight the paired clips' term."""
     from kinetoscope.diffusion.conditioning import ConditionProbs, FrameCondition, random_condition
     from kinetoscope.diffusion.flow import (
-        contrast_loss,
         error_loss,
         sample_t,
         shift_for_latent,
@@ -352,11 +351,11 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
         velocity_error,
     )
 
-    if "latent" in batch:
-        x0 = batch["latent"].to(device).float()
-    else:
+    def latents(videos: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            x0 = encode_whole(io.vae, batch["video"].to(device)).float()
+            return encode_whole(io.vae, videos.to(device)).float()
+
+    x0 = batch["latent"].to(device).float() if "latent" in batch else latents(batch["video"])
     b, _, t_lat, h, w = x0.shape  # [B, C, T, H, W]
     captions = list(batch["caption"])
     drop = torch.rand(b, generator=g) < cfg.train.text_dropout  # CFG: learn the "" prompt
@@ -366,45 +365,41 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     probs = ConditionProbs(**{k: cfg.train.conditions.get(k, 0.0) for k in _kinds()})
     known = random_condition(b, t_lat, g, probs).to(device)  # [B, T] True = given clean
     noise = torch.randn(x0.shape, generator=g).to(device)
-    cover = weight = None
-    if cfg.train.object_weight or cfg.train.contrast_weight:
-        cover = latent_coverage(batch["coverage"].to(device).float() / 255, x0.shape[2:])
-    if cfg.train.object_weight:
-        weight = 1 + cfg.train.object_weight * cover
-    # Contrast: the clips with a wrong caption, nothing dropped and no frame given, go through
-    # the model a second time (appended to the batch) with that caption.
-    wrong = []
-    if cfg.train.contrast_weight:
-        given = known.any(1).tolist()
-        wrong = [
-            i for i, c in enumerate(batch["wrong"]) if c and not drop[i] and not given[i]
-        ]  # fmt: skip
-        captions += [batch["wrong"][i] for i in wrong]
-    pick = torch.tensor(wrong, dtype=torch.long, device=device)
 
-    def twice(x: torch.Tensor) -> torch.Tensor:  # the batch, then its clips with a wrong caption
-        return torch.cat([x, x[pick]]) if wrong else x
+    def cover_of(masks: torch.Tensor) -> torch.Tensor:  # uint8 [B, T, H, W] -> the latent grid
+        return latent_coverage(masks.to(device).float() / 255, x0.shape[2:])
 
+    weight = (
+        1 + cfg.train.object_weight * cover_of(batch["coverage"])
+        if cfg.train.object_weight
+        else None
+    )
+    # Pairs: each clip whose caption was kept and its twin (one word changed) go through the
+    # model together, the twin appended to the batch with the same noise, t and given frames.
+    pair = batch.get("pair") if cfg.train.pair_weight else None
+    rows = [n for n, i in enumerate(pair["index"]) if not drop[i]] if pair else []
+    pick = torch.tensor([pair["index"][n] for n in rows], dtype=torch.long, device=device)
+    if rows:
+        twins = latents(pair["video"][rows])
+        captions += [pair["caption"][n] for n in rows]
+        both = torch.maximum(cover_of(batch["coverage"])[pick], cover_of(pair["coverage"][rows]))
+        x0, noise = torch.cat([x0, twins]), torch.cat([noise, noise[pick]])
+        t, known = torch.cat([t, t[pick]]), torch.cat([known, known[pick]])
     ids, ids_mask = io.model.text.tokenize(captions)
-    x0, noise, t, known = twice(x0), twice(noise), twice(t), twice(known)
-    cond = FrameCondition(known, x0)
     model, logits = forward, []
     read_w = cfg.train.read_weight
     if read_w and not drop.all():  # the head reads the scenes of the captions kept
-        read = torch.cat([~drop, torch.zeros(len(wrong), dtype=torch.bool)]).to(device)
+        read = torch.cat([~drop, torch.zeros(len(rows), dtype=torch.bool)]).to(device)
 
         def model(*args):
             v, out = forward(*args, read=read)
             logits.append(out)
             return v
 
-    err, unknown = velocity_error(model, x0, t, noise, ids, ids_mask, cond)
+    err, unknown = velocity_error(model, x0, t, noise, ids, ids_mask, FrameCondition(known, x0))
     loss = error_loss(err[:b], unknown[:b], cfg.train.temporal_weight, weight)
-    if wrong:
-        hinge = contrast_loss(
-            err[pick], err[b:], unknown[pick], cover[pick], t[pick], cfg.train.contrast_margin
-        )
-        loss = loss + cfg.train.contrast_weight * hinge
+    if rows:  # the noise both share cancels; what is left is what the changed word changes
+        loss = loss + cfg.train.pair_weight * error_loss(err[pick] - err[b:], unknown[b:], 0, both)
     if logits:
         from kinetoscope.train.read_captions import scene_loss
         from kinetoscope.world.scene import Scene
