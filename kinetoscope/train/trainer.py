@@ -369,11 +369,9 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     def cover_of(masks: torch.Tensor) -> torch.Tensor:  # uint8 [B, T, H, W] -> the latent grid
         return latent_coverage(masks.to(device).float() / 255, x0.shape[2:])
 
-    weight = (
-        1 + cfg.train.object_weight * cover_of(batch["coverage"])
-        if cfg.train.object_weight
-        else None
-    )
+    weight = None
+    if cfg.train.object_weight:
+        weight = 1 + cfg.train.object_weight * cover_of(batch["coverage"])
     # Pairs: each clip whose caption was kept and its twin (one word changed) go through the
     # model together, the twin appended to the batch with the same noise, t and given frames.
     pair = batch.get("pair") if cfg.train.pair_weight else None
