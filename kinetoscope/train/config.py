@@ -120,11 +120,12 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # background. Needs the masks: ShapeWorld clips rendered in the loop.
     object_weight: float = 0.0
     # dit stage: each one-object clip is rendered again with one of `pair_keys` changed (the
-    # same seeds: only that attribute's pixels differ) and goes through the model with the
-    # same noise and t under its own caption; a term of this weight asks the two velocity
-    # errors to be equal on the objects (their masks). The noise both errors share cancels, so
-    # what is left is the word's effect alone, which the flow loss buries under the part of
-    # the error no caption can predict. Needs the scenes and masks.
+    # same seeds: only that attribute's pixels differ); the average of the two clips' latents,
+    # noised as the clip is, goes through the model under each caption, and a term of this
+    # weight asks the two predictions to differ as the two clips do, on the objects (their
+    # masks). The noisy average shows where the object is but not which of the two it is, so
+    # only the words can tell, and the noise both errors share cancels in the difference.
+    # Needs the scenes and masks.
     pair_weight: float = 0.0
     pair_keys: list[str] = field(default_factory=lambda: ["shape"])
     # Relative weight of each frame condition drawn for dit-stage samples (names as

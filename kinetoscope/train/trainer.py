@@ -372,22 +372,24 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     weight = None
     if cfg.train.object_weight:
         weight = 1 + cfg.train.object_weight * cover_of(batch["coverage"])
-    # Pairs: each clip whose caption was kept and its twin (one word changed) go through the
-    # model together, the twin appended to the batch with the same noise, t and given frames.
+    # Pairs: each clip whose caption was kept and its twin (one word changed) are averaged,
+    # and the average goes through the model twice more, under each caption, with the clip's
+    # noise, t and given frames: where the object is shows, not which of the two it is.
     pair = batch.get("pair") if cfg.train.pair_weight else None
     rows = [n for n, i in enumerate(pair["index"]) if not drop[i]] if pair else []
     pick = torch.tensor([pair["index"][n] for n in rows], dtype=torch.long, device=device)
     if rows:
-        twins = latents(pair["video"][rows])
-        captions += [pair["caption"][n] for n in rows]
+        ones, twins = x0[pick], latents(pair["video"][rows])
         both = torch.maximum(cover_of(batch["coverage"])[pick], cover_of(pair["coverage"][rows]))
-        x0, noise = torch.cat([x0, twins]), torch.cat([noise, noise[pick]])
-        t, known = torch.cat([t, t[pick]]), torch.cat([known, known[pick]])
+        captions += [captions[i] for i in pick.tolist()] + [pair["caption"][n] for n in rows]
+        mid = (ones + twins) / 2
+        x0, noise = torch.cat([x0, mid, mid]), torch.cat([noise, noise[pick], noise[pick]])
+        t, known = torch.cat([t, t[pick], t[pick]]), torch.cat([known, known[pick], known[pick]])
     ids, ids_mask = io.model.text.tokenize(captions)
     model, logits = forward, []
     read_w = cfg.train.read_weight
     if read_w and not drop.all():  # the head reads the scenes of the captions kept
-        read = torch.cat([~drop, torch.zeros(len(rows), dtype=torch.bool)]).to(device)
+        read = torch.cat([~drop, torch.zeros(2 * len(rows), dtype=torch.bool)]).to(device)
 
         def model(*args):
             v, out = forward(*args, read=read)
@@ -396,8 +398,10 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
 
     err, unknown = velocity_error(model, x0, t, noise, ids, ids_mask, FrameCondition(known, x0))
     loss = error_loss(err[:b], unknown[:b], cfg.train.temporal_weight, weight)
-    if rows:  # the noise both share cancels; what is left is what the changed word changes
-        loss = loss + cfg.train.pair_weight * error_loss(err[pick] - err[b:], unknown[b:], 0, both)
+    if rows:  # each caption's error against its own clip is err + own - mid; their difference
+        n = len(rows)  # (the noise both share cancels) is what the words alone must tell apart
+        gap = err[b : b + n] - err[b + n :] + (ones - twins)
+        loss = loss + cfg.train.pair_weight * error_loss(gap, unknown[b : b + n], 0, both)
     if logits:
         from kinetoscope.train.read_captions import scene_loss
         from kinetoscope.world.scene import Scene
