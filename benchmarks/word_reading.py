@@ -6,7 +6,8 @@
 
 Run i renders a one-object ShapeWorld scene whose object moves (seed (--seed, i), no held-out
 combination) and, for each attribute, its twin: the same scene and render seed with that
-attribute changed (`scene.swap`), so the two clips differ only where the object differs. The
+attribute changed (`scene.swap`, its own seed per attribute, so --keys does not change the
+twins), so the two clips differ only where the object differs. The
 average of the two clips' latents, noised at time t (one noise draw per run), shows where the
 object is but not which of the two it is; the model predicts the velocity under each clip's
 detailed caption. A model that reads the word makes the two predictions differ as the two
@@ -17,8 +18,7 @@ prediction does not depend on those words; below 0, one that moves the wrong way
 
 Unlike `text_reliance.py`, nothing in the noisy input tells the two apart, so this measures
 the words alone at every t. A diagnostic of what training taught, a minute to run; adherence
-(`kinetoscope eval adherence`) is the measure. `train.pair_weight` trains on this quantity
-(on the training stream; this one draws its own scenes).
+(`kinetoscope eval adherence`) is the measure.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from text_reliance import moving_scene
 from tqdm.auto import tqdm
 
-from kinetoscope.diffusion.flow import velocity_error
+from kinetoscope.diffusion.conditioning import frame_timesteps
 from kinetoscope.pipeline import Notice, Pipeline
 from kinetoscope.world.captions import caption
 from kinetoscope.world.render import render
@@ -62,7 +62,7 @@ def measure(
         grid = tuple(z.shape[2:])
         noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(i))
         for key in keys:
-            other = swap(scene, key, rng)
+            other = swap(scene, key, np.random.default_rng([seed, i, KEYS.index(key)]))
             if other is None:
                 continue
             twin, twin_cover = render(other, d.width, d.height, length, d.fps, i, coverage=True)
@@ -72,14 +72,13 @@ def measure(
             want = (z2 - z).float()  # v_a - v_b should be (eps - z) - (eps - z2)
             total[key] += float((want.square() * w).sum())
             captions = [caption(scene, "detailed", seed=i), caption(other, "detailed", seed=i)]
-            mid = ((z + z2) / 2).expand(2, *z.shape[1:])
+            mid = (z + z2) / 2
             with pipe._autocast():
                 ids, mask = pipe.text_encoder(captions)
                 for t in times:
-                    err, _ = velocity_error(
-                        pipe.dit, mid, torch.tensor([t, t]), noise.expand_as(mid), ids, mask
-                    )
-                    pred = err[:1] - err[1:]  # the same target: v_a - v_b
+                    x_t = ((1 - t) * mid + t * noise).expand(2, *z.shape[1:])
+                    v = pipe.dit(x_t, frame_timesteps(torch.tensor([t, t]), z.shape[2]), ids, mask)
+                    pred = (v[:1] - v[1:]).float()  # the same input: v_a - v_b
                     miss[t][key] += float(((pred - want).square() * w).sum())
     return {t: {k: 1 - miss[t][k] / total[k] if total[k] else None for k in keys} for t in times}
 
