@@ -104,14 +104,20 @@ def measure(
     return out
 
 
+def rows(by_t: dict, columns) -> list[str]:
+    """Returns the markdown table of {t: {column: value}}, a row per t (None shown as -)."""
+    lines = ["| t | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for t, r in by_t.items():
+        cells = ["-" if r[c] is None else f"{r[c]:.3f}" for c in columns]
+        lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(result: dict) -> str:
     lines = []
     for mode, by_t in result.items():
         lines += [f"\n{mode}: flow loss with the words changed / with the true caption\n"]
-        lines += ["| t | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-        for t, r in by_t.items():
-            cells = ["-" if r[c] is None else f"{r[c]:.3f}" for c in COLUMNS]
-            lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
+        lines += rows(by_t, COLUMNS)
     return "\n".join(lines)
 
 

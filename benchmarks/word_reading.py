@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 import torch
-from text_reliance import moving_scene
+from text_reliance import moving_scene, rows
 from tqdm.auto import tqdm
 
 from kinetoscope.diffusion.conditioning import frame_timesteps
@@ -84,12 +84,7 @@ def measure(
 
 
 def table(result: dict) -> str:
-    keys = list(next(iter(result.values())))
-    lines = ["| t | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for t, r in result.items():
-        cells = ["-" if r[k] is None else f"{r[k]:.3f}" for k in keys]
-        lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(rows(result, list(next(iter(result.values())))))
 
 
 def main() -> None:

@@ -369,9 +369,11 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     def cover_of(masks: torch.Tensor) -> torch.Tensor:  # uint8 [B, T, H, W] -> the latent grid
         return latent_coverage(masks.to(device).float() / 255, x0.shape[2:])
 
-    weight = None
+    weight = cover = None
+    if cfg.train.object_weight or cfg.train.pair_weight:
+        cover = cover_of(batch["coverage"])
     if cfg.train.object_weight:
-        weight = 1 + cfg.train.object_weight * cover_of(batch["coverage"])
+        weight = 1 + cfg.train.object_weight * cover
     # Pairs: each clip whose caption was kept and its twin (one word changed) are averaged,
     # and the average goes through the model twice more, under each caption, with the clip's
     # noise, t and given frames: where the object is shows, not which of the two it is.
@@ -380,7 +382,7 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     pick = torch.tensor([pair["index"][n] for n in rows], dtype=torch.long, device=device)
     if rows:
         ones, twins = x0[pick], latents(pair["video"][rows])
-        both = torch.maximum(cover_of(batch["coverage"])[pick], cover_of(pair["coverage"][rows]))
+        both = torch.maximum(cover[pick], cover_of(pair["coverage"][rows]))
         captions += [captions[i] for i in pick.tolist()] + [pair["caption"][n] for n in rows]
         mid = (ones + twins) / 2
         x0, noise = torch.cat([x0, mid, mid]), torch.cat([noise, noise[pick], noise[pick]])

@@ -114,19 +114,28 @@ def is_excluded(scene: Scene, exclude: tuple[dict[str, str], ...] | list = ()) -
     return any(rule_matches(r, scene, o) for r in exclude for o in scene.objects)
 
 
+def distinct_colors(scene: Scene) -> bool:
+    """True when no two objects of the scene share a colour (so words and the judge can tell
+    them apart)."""
+    colors = [o.color for o in scene.objects]
+    return len(set(colors)) == len(colors)
+
+
 def swap(
     scene: Scene, key: str, rng: np.random.Generator, exclude: tuple | list = HELDOUT
 ) -> Scene | None:
     """Returns a copy of the scene with `key` (of the scene, or of its first object) set to
     another value drawn at random, or None when every other value falls under `exclude`
     (or would give two objects one colour)."""
-    holder = scene.objects[0] if key in OBJECT_KEYS else scene
-    current = getattr(holder, key)
+
+    def holder(s: Scene) -> Scene | Obj:
+        return s.objects[0] if key in OBJECT_KEYS else s
+
+    current = getattr(holder(scene), key)
     for value in rng.permutation([v for v in VOCAB[key] if v != current]):
         other = copy.deepcopy(scene)
-        setattr(other.objects[0] if key in OBJECT_KEYS else other, key, str(value))
-        colors = [o.color for o in other.objects]
-        if len(set(colors)) == len(colors) and not is_excluded(other, exclude):
+        setattr(holder(other), key, str(value))
+        if distinct_colors(other) and not is_excluded(other, exclude):
             return other
     return None
 
@@ -162,8 +171,7 @@ def sample_scene(
             camera=str(rng.choice(CAMERAS)),
             objects=[_random_object(rng, depth=i) for i in range(n)],
         )
-        colors = [o.color for o in scene.objects]
-        if len(set(colors)) == len(colors) and not is_excluded(scene, exclude):
+        if distinct_colors(scene) and not is_excluded(scene, exclude):
             return scene
     raise ValueError(f"exclude rules {exclude} leave no scene to sample")
 
@@ -178,7 +186,6 @@ def sample_heldout_scene(
         obj = scene.objects[0]
         for key, value in rule.items():
             setattr(scene if key in SCENE_KEYS else obj, key, value)
-        colors = [o.color for o in scene.objects]
-        if len(set(colors)) == len(colors):
+        if distinct_colors(scene):
             return scene
     raise ValueError(f"could not build a scene for rule {rule}")
