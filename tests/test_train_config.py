@@ -63,6 +63,7 @@ def test_overrides_apply_with_types(tmp_path):
         ("train.pair_weight=-1", "train.pair_weight must be >= 0"),
         ("train.pair_keys=[environment]", "train.pair_keys must be one of"),
         ("train.pair_keys=shape", "train.pair_keys: expected list"),
+        ("train.pair_t_min=1", "train.pair_t_min must be in [0, 1)"),
         ("data.source=manifest", "data.path must name a folder"),
         ("optim.min_lr=1.0", "optim.min_lr must be in [0, optim.lr="),
         ("data.buckets=[[33, 64, 64]]", "data.image_share=0.25 needs an image bucket"),

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from kinetoscope.cli import main
+from kinetoscope.diffusion import flow
+from kinetoscope.diffusion.flow import velocity_error
 from kinetoscope.models import vae as V
 from kinetoscope.train import checkpoint as C
 from kinetoscope.train.config import resolve
@@ -396,7 +398,7 @@ def test_object_weight_weighs_the_objects_in_the_flow_loss(tmp_path, capsys, mic
     assert not (tmp_path / "c").exists()
 
 
-def test_pair_weight_adds_the_paired_clips_term(tmp_path, capsys, micro_dit):
+def test_pair_weight_adds_the_paired_clips_term(tmp_path, capsys, monkeypatch, micro_dit):
     """train.pair_weight: the same seed, clips, noise and flow loss; the term comes on top."""
     base = ["model.stage=dit", "model.vae=micro", "model.dit=micro", "model.text=micro",
             "data.buckets=[[5,16,16]]", "data.image_share=0.0", "data.num_workers=0",
@@ -407,6 +409,19 @@ def test_pair_weight_adds_the_paired_clips_term(tmp_path, capsys, micro_dit):
         assert main(["train", "/dev/null", *args]) == 0
     plain, paired = (read_metrics(tmp_path / n)[0]["loss"] for n in ("plain", "pair"))
     assert math.isfinite(paired) and paired > plain + 1e-3
+
+    seen = []  # the t each row goes through the model at: the pairs' moved into [0.9, 1]
+
+    def spy(model, x0, t, *args):
+        seen.append(t.tolist())
+        return velocity_error(model, x0, t, *args)
+
+    monkeypatch.setattr(flow, "velocity_error", spy)
+    args = [*base, "train.pair_weight=1", "train.pair_t_min=0.9", f"train.out={tmp_path / 's'}"]
+    assert main(["train", "/dev/null", *args]) == 0
+    (ts,) = seen  # one batch: its clips, then each pair twice (once per caption)
+    assert len(ts) == 6 and ts[2:4] == ts[4:6]
+    assert ts[2:4] == pytest.approx([0.9 + 0.1 * t for t in ts[:2]])
 
     cached = [*base, "train.pair_weight=1", "data.latent_cache=somewhere"]
     assert main(["train", "/dev/null", *cached, f"train.out={tmp_path / 'c'}"]) == 2

@@ -125,9 +125,12 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # weight asks the two predictions to differ as the two clips do, on the objects (their
     # masks). The noisy average shows where the object is but not which of the two it is, so
     # only the words can tell, and the noise both errors share cancels in the difference.
-    # Needs the scenes and masks.
+    # Needs the scenes and masks. The pairs' t is moved into [pair_t_min, 1] (t_min + (1 -
+    # t_min) x the clip's t): at high t the noisy average looks like any clip, at low t it shows
+    # two shapes at once, which sampling never does.
     pair_weight: float = 0.0
     pair_keys: list[str] = field(default_factory=lambda: ["shape"])
+    pair_t_min: float = 0.0
     # Relative weight of each frame condition drawn for dit-stage samples (names as
     # diffusion/conditioning.py's KINDS; a kind left out of the mapping has weight 0): one
     # model learns text-to-video (none), image-to-video (first_frame), extension (prefix,
@@ -364,6 +367,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.object_weight >= 0.0, f"train.object_weight must be >= 0, got {t.object_weight}")
     _check(t.pair_weight >= 0.0, f"train.pair_weight must be >= 0, got {t.pair_weight}")
     _check(bool(t.pair_keys) or not t.pair_weight, "train.pair_keys must name an attribute")
+    _check(0.0 <= t.pair_t_min < 1.0, f"train.pair_t_min must be in [0, 1), got {t.pair_t_min}")
     for name in t.pair_keys:
         _choice("train.pair_keys", name, OBJECT_KEYS)
     needs_scenes = (

@@ -376,7 +376,8 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
         weight = 1 + cfg.train.object_weight * cover
     # Pairs: each clip whose caption was kept and its twin (one word changed) are averaged,
     # and the average goes through the model twice more, under each caption, with the clip's
-    # noise, t and given frames: where the object is shows, not which of the two it is.
+    # noise, t (moved into [pair_t_min, 1]) and given frames: where the object is shows, not
+    # which of the two it is.
     pair = batch.get("pair") if cfg.train.pair_weight else None
     rows = [n for n, i in enumerate(pair["index"]) if not drop[i]] if pair else []
     pick = torch.tensor([pair["index"][n] for n in rows], dtype=torch.long, device=device)
@@ -386,7 +387,8 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
         captions += [captions[i] for i in pick.tolist()] + [pair["caption"][n] for n in rows]
         mid = (ones + twins) / 2
         x0, noise = torch.cat([x0, mid, mid]), torch.cat([noise, noise[pick], noise[pick]])
-        t, known = torch.cat([t, t[pick], t[pick]]), torch.cat([known, known[pick], known[pick]])
+        t_pair = cfg.train.pair_t_min + (1 - cfg.train.pair_t_min) * t[pick]
+        t, known = torch.cat([t, t_pair, t_pair]), torch.cat([known, known[pick], known[pick]])
     ids, ids_mask = io.model.text.tokenize(captions)
     model, logits = forward, []
     read_w = cfg.train.read_weight
