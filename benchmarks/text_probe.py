@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kinetoscope.models.layers import pool_text
 from kinetoscope.pipeline import Pipeline
-from kinetoscope.train.read_captions import pooled
 from kinetoscope.world.captions import caption
 from kinetoscope.world.scene import HELDOUT, OBJECT_KEYS, SCENE_KEYS, VOCAB, Scene, sample_scene
 
@@ -48,7 +48,7 @@ def features(pipe: Pipeline, n: int, seed: int) -> tuple[torch.Tensor, list[Scen
         scene = sample_scene(np.random.default_rng([seed, i]), exclude=HELDOUT, num_objects=1)
         with pipe._autocast():
             h, mask = pipe.text_encoder([caption(scene, "detailed", seed=i)])
-        rows.append(pooled(h.float(), mask)[0])
+        rows.append(pool_text(h.float(), mask)[0])
         scenes.append(scene)
     return torch.stack(rows), scenes
 

@@ -50,6 +50,19 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x.flatten(1, 2)  # [B, N, D]
 
 
+def pool_text(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Returns the mean and the max of text features h [B, L, D] over their mask [B, L] (None:
+    every token), float32 [B, 2D]. A word is a few tokens of a long caption: a mean alone
+    dilutes it, the max keeps it. A row with no token gives zeros."""
+    if mask is None:
+        mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+    h = h.float()
+    mean = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    top = h.masked_fill(~mask[..., None], float("-inf")).amax(1)
+    top = torch.where(mask.any(1, keepdim=True), top, torch.zeros_like(top))
+    return torch.cat([mean, top], -1)
+
+
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Return `x + y * gate` (adaLN-zero's gated residual), summed in float32, in x's dtype.
 

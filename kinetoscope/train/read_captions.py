@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kinetoscope.models.layers import pool_text
 from kinetoscope.world.scene import CAMERAS, COLORS, ENVIRONMENTS, MOTIONS, SHAPES, TIMES, Scene
 
 # Multi-label groups: which colours, shapes and motions appear, and which go together (the
@@ -63,15 +64,7 @@ class CaptionReader(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Returns logits [B, OUTPUTS] (float32) for byte ids [B, L] and their mask [B, L]."""
-        return self.head(pooled(self.encoder.encode_ids(ids, mask), mask))
-
-
-def pooled(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Returns the mean and the max of text features h [B, L, D] over their mask [B, L] (each
-    row at least one True), float32 [B, 2D]: what a reading head reads."""
-    mean = h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-    top = h.masked_fill(~mask[..., None], float("-inf")).amax(1)
-    return torch.cat([mean, top], -1).float()
+        return self.head(pool_text(self.encoder.encode_ids(ids, mask), mask))
 
 
 def scene_targets(scene: Scene) -> tuple[torch.Tensor, int, int, int]:
