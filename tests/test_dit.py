@@ -89,6 +89,33 @@ def test_context_mask_ignores_padded_tokens():
     assert (a[0] - c[0]).abs().max() > 1e-4
 
 
+def test_pooled_text_starts_at_zero_then_carries_the_caption_and_ignores_padding():
+    """text_pool: the caption's mean and max join the timestep embedding. Freshly initialised it
+    adds nothing (a model without it, same weights, gives the same velocity); trained, the
+    caption changes the output through it alone, and padded tokens still change nothing."""
+    pool_cfg = DiTConfig(**{**CFG.__dict__, "text_pool": True})
+    torch.manual_seed(0)
+    fresh = DiT(pool_cfg)
+    plain = DiT(CFG)
+    plain.load_state_dict({k: v for k, v in fresh.state_dict().items() if "text_pool" not in k})
+    x, t, ctx = inputs(length=6)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, t, ctx), plain(x, t, ctx), rtol=0, atol=0)
+
+    model = make(pool_cfg)
+    for block in model.blocks:  # shut the cross-attention: the text reaches only the pool
+        torch.nn.init.zeros_(block.cross_attn.o.weight)
+        torch.nn.init.zeros_(block.cross_attn.o.bias)
+    mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
+    padded = ctx.clone()
+    padded[0, 4:] = torch.randn(2, 16) * 10
+    with torch.no_grad():
+        a, b = model(x, t, ctx, mask), model(x, t, padded, mask)
+        other = model(x, t, ctx.flip(0), mask.flip(0))  # each row gets the other's caption
+    torch.testing.assert_close(a, b)
+    assert (a - other).abs().amax(dim=(1, 2, 3, 4)).min() > 1e-3
+
+
 def test_context_cache_reuses_text_work_and_gives_the_same_velocity():
     model = make(DiTConfig(**{**CFG.__dict__, "text_len": 8}))
     x, t, ctx = inputs(length=5)

@@ -239,6 +239,7 @@ def micro_dit(monkeypatch):
     monkeypatch.setitem(
         DT.PRESETS, "micro-fine", DT.replace(DT.PRESETS["micro"], patch_size=(1, 1, 1))
     )
+    monkeypatch.setitem(DT.PRESETS, "micro-pool", DT.replace(DT.PRESETS["micro"], text_pool=True))
 
 
 def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path, capsys, micro_dit):
@@ -333,6 +334,31 @@ def test_a_dit_run_fine_tunes_across_patch_sizes(tmp_path, capsys, micro_dit):
     assert b["dit.patch_embedding.weight"].shape[2:] == (1, 1, 1)
     for k, v in want.items():
         torch.testing.assert_close(b[f"dit.{k}"], v, rtol=0, atol=1e-6)
+
+
+def test_a_dit_run_adds_the_pooled_text_path_to_a_model_without_one(tmp_path, capsys, micro_dit):
+    """model.init_from without the pooled-text path: the path is added at zero (said in one
+    line), so the new run starts from the old model's velocity, every old weight as it was."""
+    base = ["model.stage=dit", "model.vae=micro", "model.text=micro", "data.buckets=[[1,16,16]]",
+            "data.image_share=1.0", "data.num_workers=0", "data.max_batch_size=2",
+            "train.steps=1", "train.sample_every=1000"]  # fmt: skip
+    assert (
+        main(["train", "/dev/null", *base, "model.dit=micro", f"train.out={tmp_path / 'a'}"]) == 0
+    )
+    capsys.readouterr()
+    still = ["optim.lr=1e-12", "optim.min_lr=0", "optim.warmup=1", "model.dit=micro-pool"]
+    args = [*base, *still, f"model.init_from={tmp_path / 'a'}", f"train.out={tmp_path / 'b'}"]
+    assert main(["train", "/dev/null", *args]) == 0
+    assert "has no pooled-text path; it starts at zero" in capsys.readouterr().out
+    a = C.load_checkpoint(tmp_path / "a")[0]
+    start = {**a["model"], **a["ema"]}
+    b = C.load_checkpoint(tmp_path / "b")[0]["model"]
+    assert {k for k in b if k not in start} == {
+        "dit.text_pool.0.weight", "dit.text_pool.0.bias", "dit.text_pool.2.weight",
+        "dit.text_pool.2.bias"}  # fmt: skip
+    assert b["dit.text_pool.2.weight"].abs().max() < 1e-6  # still zero after a still step
+    for k, v in start.items():
+        torch.testing.assert_close(b[k], v, rtol=0, atol=1e-6)
 
 
 def test_read_weight_adds_a_reading_loss_and_exports_without_its_head(tmp_path, capsys, micro_dit):

@@ -31,6 +31,7 @@ from kinetoscope.models.layers import (
     check_key_mask,
     gated_residual,
     modulate,
+    pool_text,
     rope_freqs_3d,
     timestep_embedding,
 )
@@ -54,6 +55,9 @@ class DiTConfig:
     text_len: int | None = None  # Wan pads context with zeros to 512 and attends to it all
     rope_theta: float = 10000.0
     grad_checkpoint: bool = False  # recompute each block in backward (training memory)
+    # Add the text's pooled mean and max to the timestep embedding (Imagen's and SD3's pooled
+    # text), so every token's modulation carries the caption. Not in Wan: False for its presets.
+    text_pool: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -84,6 +88,11 @@ PRESETS: dict[str, DiTConfig] = {
         dim=5120, ffn_dim=13824, num_layers=40, num_heads=40, text_dim=4096, text_len=512
     ),
 }
+
+
+# tiny-fine with the pooled-text path; fine-tunes from "tiny-fine" weights (the path starts at
+# zero, so the model starts as it was).
+PRESETS["tiny-fine-pool"] = replace(PRESETS["tiny-fine"], text_pool=True)
 
 
 def dit_config(name: str, **overrides) -> DiTConfig:
@@ -225,6 +234,11 @@ class DiT(nn.Module):
         )
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.text_pool = None
+        if cfg.text_pool:
+            self.text_pool = nn.Sequential(
+                nn.Linear(2 * cfg.text_dim, d), nn.SiLU(), nn.Linear(d, d)
+            )
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
         if not self.patch_embedding.weight.is_meta:
@@ -234,10 +248,11 @@ class DiT(nn.Module):
     def init_weights(self) -> None:
         """Initialise every parameter (also after `to_empty`): xavier linears, adaLN-zero.
 
-        The timestep projection, every modulation table, the cross-attention output and the head
-        start at zero, so each block starts as the identity and the model outputs zero (DiT's
-        adaLN-zero; PixArt's zeroed cross-attention output). Gradients still reach every weight
-        after the first step because the gates' own gradients are non-zero.
+        The timestep projection, every modulation table, the cross-attention output, the pooled
+        text's last layer and the head start at zero, so each block starts as the identity and
+        the model outputs zero (DiT's adaLN-zero; PixArt's zeroed cross-attention output).
+        Gradients still reach every weight after the first step because the gates' own gradients
+        are non-zero.
         """
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -250,10 +265,12 @@ class DiT(nn.Module):
         w = self.patch_embedding.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embedding.bias)
-        for seq in (self.text_embedding, self.time_embedding):
+        for seq in (self.text_embedding, self.time_embedding, self.text_pool or ()):
             for m in seq:
                 if isinstance(m, nn.Linear):
                     nn.init.normal_(m.weight, std=0.02)
+        if self.text_pool is not None:
+            nn.init.zeros_(self.text_pool[2].weight)
         nn.init.zeros_(self.time_projection[1].weight)
         nn.init.zeros_(self.time_projection[1].bias)
         for block in self.blocks:
@@ -291,6 +308,9 @@ class DiT(nn.Module):
             freq = timestep_embedding(t.flatten() * cfg.time_scale, cfg.freq_dim)  # [B*F, freq]
             w = self.time_embedding[0].weight
             e = self.time_embedding(freq.to(w.dtype)).float().unflatten(0, (b, -1))  # [B, F, D]
+            if self.text_pool is not None:  # one vector per caption, on every frame's time
+                pooled = pool_text(context, context_mask).to(self.text_pool[0].weight.dtype)
+                e = e + self.text_pool(pooled).float()[:, None]
             e0 = self.time_projection(e.to(w.dtype)).float().unflatten(-1, (6, cfg.dim))
 
         def embed():

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kinetoscope.errors import UserError
+from kinetoscope.models.layers import pool_text
 from kinetoscope.train import distributed as D
 from kinetoscope.train.checkpoint import (
     latest,
@@ -62,9 +63,7 @@ class TextToVideo(nn.Module):
         v = self.dit(x_t, t, context, ids_mask)
         if read is None:
             return v
-        from kinetoscope.train.read_captions import pooled
-
-        return v, self.reader(pooled(context[read], ids_mask[read]))
+        return v, self.reader(pool_text(context[read], ids_mask[read]))
 
 
 def make_model_fn(cfg: TrainConfig):
@@ -149,6 +148,17 @@ def _fit_patches(dit: dict, patch_size: tuple, verbose: bool) -> dict:
         print(f"kinetoscope train: model.init_from has {tuple(w.shape[2:])} patches; its patch "
               f"embedding and head are resized to {tuple(patch_size)}")  # fmt: skip
     return resize_patches(dit, patch_size)
+
+
+def _add_text_pool(dit: dict, reference: nn.Module, verbose: bool) -> dict:
+    """Returns DiT weights with the recipe's fresh pooled-text path added when `model.init_from`
+    has none (its last layer is zero, so the model starts as it was)."""
+    fresh = {k: v for k, v in reference.state_dict().items() if k.startswith("text_pool.")}
+    if not fresh or any(k in dit for k in fresh):
+        return dit
+    if verbose:
+        print("kinetoscope train: model.init_from has no pooled-text path; it starts at zero")
+    return {**dit, **fresh}
 
 
 def load_text_run(path: str | Path) -> dict[str, torch.Tensor]:
@@ -577,6 +587,7 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         reference = make()
         dit, text = dit_text_weights(m.init_from)
         dit = _fit_patches(dit, reference.dit.cfg.patch_size, info.is_main)
+        dit = _add_text_pool(dit, reference.dit, info.is_main)
         _load(reference.dit, dit, f"model.init_from {m.init_from}", f"model.dit={m.dit}")
         _load(reference.text, text, f"model.init_from {m.init_from}", f"model.text={m.text}")
     model, forward = D.build_parallel(
