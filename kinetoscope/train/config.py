@@ -127,7 +127,8 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # only the words can tell, and the noise both errors share cancels in the difference.
     # Needs the scenes and masks. The pairs' t is moved into [pair_t_min, 1] (t_min + (1 -
     # t_min) x the clip's t): at high t the noisy average looks like any clip, at low t it shows
-    # two shapes at once, which sampling never does.
+    # two shapes at once, which sampling never does (on the bundled model, 0.5 did not give back
+    # the object count the pairs cost; docs/training.md).
     pair_weight: float = 0.0
     pair_keys: list[str] = field(default_factory=lambda: ["shape"])
     pair_t_min: float = 0.0
