@@ -6,6 +6,8 @@ latents [B, C, T, H, W] --Conv3d patchify--> tokens [B, T*H*W, D]
     x += CrossAttn(LN_affine(x), text)                            text: Linear-GELU-Linear
     x += gate2 * MLP(modulate(LN(x), shift2, scale2))             GELU(tanh)
 head: Linear(modulate(LN(x), shift, scale)) --unpatchify--> velocity [B, C, T, H, W]
+shift/scale/gate: from the timestep embedding, plus the text's pooled mean and max when
+  `text_pool` is on (not in Wan; off by default)
 
 Parameter names follow Wan2.1's original checkpoint layout (`patch_embedding`,
 `blocks.N.self_attn.q`, `blocks.N.norm3` = the cross-attention norm, `head.head`, ...), so
