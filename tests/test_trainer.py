@@ -309,11 +309,11 @@ def test_a_dit_run_fine_tunes_from_a_trained_model(tmp_path, capsys, micro_dit):
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").glob("step_*"))
 
 
-def test_a_dit_run_fine_tunes_across_patch_sizes(tmp_path, capsys, micro_dit):
-    """model.init_from with another patch size: the patch embedding and head are resized
-    (`resize_patches`), said in one line, and every other weight starts as it was."""
-    from kinetoscope.models.dit import resize_patches
-
+def _still_run_from_micro(tmp_path, capsys, dit: str) -> tuple[dict, dict, str]:
+    """Trains a one-step `model.dit=micro` run (tmp_path/a), then a one-step run of `dit` from
+    it (`model.init_from`, tmp_path/b) at a learning rate too small to move a weight. Returns
+    the first run's weights (its EMA over its model), the second's model weights and what the
+    second printed."""
     base = ["model.stage=dit", "model.vae=micro", "model.text=micro", "data.buckets=[[1,16,16]]",
             "data.image_share=1.0", "data.num_workers=0", "data.max_batch_size=2",
             "train.steps=1", "train.sample_every=1000"]  # fmt: skip
@@ -321,16 +321,23 @@ def test_a_dit_run_fine_tunes_across_patch_sizes(tmp_path, capsys, micro_dit):
         main(["train", "/dev/null", *base, "model.dit=micro", f"train.out={tmp_path / 'a'}"]) == 0
     )
     capsys.readouterr()
-    still = ["optim.lr=1e-12", "optim.min_lr=0", "optim.warmup=1", "model.dit=micro-fine"]
+    still = ["optim.lr=1e-12", "optim.min_lr=0", "optim.warmup=1", f"model.dit={dit}"]
     args = [*base, *still, f"model.init_from={tmp_path / 'a'}", f"train.out={tmp_path / 'b'}"]
     assert main(["train", "/dev/null", *args]) == 0
-    assert "(1, 2, 2) patches; its patch embedding and head are resized to (1, 1, 1)" in (
-        capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
     a = C.load_checkpoint(tmp_path / "a")[0]
-    dit = {k[4:]: v for k, v in {**a["model"], **a["ema"]}.items() if k.startswith("dit.")}
+    return {**a["model"], **a["ema"]}, C.load_checkpoint(tmp_path / "b")[0]["model"], out
+
+
+def test_a_dit_run_fine_tunes_across_patch_sizes(tmp_path, capsys, micro_dit):
+    """model.init_from with another patch size: the patch embedding and head are resized
+    (`resize_patches`), said in one line, and every other weight starts as it was."""
+    from kinetoscope.models.dit import resize_patches
+
+    start, b, out = _still_run_from_micro(tmp_path, capsys, "micro-fine")
+    assert "(1, 2, 2) patches; its patch embedding and head are resized to (1, 1, 1)" in out
+    dit = {k[4:]: v for k, v in start.items() if k.startswith("dit.")}
     want = resize_patches(dit, (1, 1, 1))
-    b = C.load_checkpoint(tmp_path / "b")[0]["model"]
     assert b["dit.patch_embedding.weight"].shape[2:] == (1, 1, 1)
     for k, v in want.items():
         torch.testing.assert_close(b[f"dit.{k}"], v, rtol=0, atol=1e-6)
@@ -339,20 +346,8 @@ def test_a_dit_run_fine_tunes_across_patch_sizes(tmp_path, capsys, micro_dit):
 def test_a_dit_run_adds_the_pooled_text_path_to_a_model_without_one(tmp_path, capsys, micro_dit):
     """model.init_from without the pooled-text path: the path is added at zero (said in one
     line), so the new run starts from the old model's velocity, every old weight as it was."""
-    base = ["model.stage=dit", "model.vae=micro", "model.text=micro", "data.buckets=[[1,16,16]]",
-            "data.image_share=1.0", "data.num_workers=0", "data.max_batch_size=2",
-            "train.steps=1", "train.sample_every=1000"]  # fmt: skip
-    assert (
-        main(["train", "/dev/null", *base, "model.dit=micro", f"train.out={tmp_path / 'a'}"]) == 0
-    )
-    capsys.readouterr()
-    still = ["optim.lr=1e-12", "optim.min_lr=0", "optim.warmup=1", "model.dit=micro-pool"]
-    args = [*base, *still, f"model.init_from={tmp_path / 'a'}", f"train.out={tmp_path / 'b'}"]
-    assert main(["train", "/dev/null", *args]) == 0
-    assert "has no pooled-text path; it starts at zero" in capsys.readouterr().out
-    a = C.load_checkpoint(tmp_path / "a")[0]
-    start = {**a["model"], **a["ema"]}
-    b = C.load_checkpoint(tmp_path / "b")[0]["model"]
+    start, b, out = _still_run_from_micro(tmp_path, capsys, "micro-pool")
+    assert "has no pooled-text path; it starts at zero" in out
     assert {k for k in b if k not in start} == {
         "dit.text_pool.0.weight", "dit.text_pool.0.bias", "dit.text_pool.2.weight",
         "dit.text_pool.2.bias"}  # fmt: skip
