@@ -48,7 +48,7 @@ def features(pipe: Pipeline, n: int, seed: int) -> tuple[torch.Tensor, list[Scen
         scene = sample_scene(np.random.default_rng([seed, i]), exclude=HELDOUT, num_objects=1)
         with pipe._autocast():
             h, mask = pipe.text_encoder([caption(scene, "detailed", seed=i)])
-        rows.append(pool_text(h.float(), mask)[0])
+        rows.append(pool_text(h, mask)[0])
         scenes.append(scene)
     return torch.stack(rows), scenes
 
