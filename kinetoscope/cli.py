@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default="heldout", help="heldout, short, or a file, one a line")
     p.add_argument("--count", type=int, help="first N prompts (default all) / clips (64)")
     p.add_argument("--no-expand", **no_expand)
-    p.add_argument("--json", help="write the full results (per-prompt scores too) to this file")
+    p.add_argument("--json", help="write the full results, per prompt: scores, scene judged")
     p = add("bench", "time a job on this machine", cmd_bench, *GEN, "keyframe", "guide_frames")
     p.add_argument("what", choices=["generate", "render"])
     p.add_argument("--repeat", type=int, default=3, help="timed runs after 1 warm-up (default 3)")

@@ -56,11 +56,13 @@ def eval_adherence(
 ) -> dict:
     """Returns {"attributes": {name: {"accuracy", "n"}}, "overall", "per_prompt", ...} for
     one video per prompt (the first `count`, default all), prompt i generated with seed + i.
+    Each of per_prompt holds the prompt, its expansion, the seed, the scores and what the
+    judge saw (`seen`, a scene dict: for confusions such as which shape is drawn for which).
 
     `accuracy` is None where no prompt states the attribute (n = 0); `overall` is the mean
     over prompts of the judge's per-prompt overall score.
     """
-    from kinetoscope.world.judge import score
+    from kinetoscope.world.judge import judge, score_scene
 
     check_count(count, len(prompts))
     prompts = list(prompts[:count] if count else prompts)
@@ -74,10 +76,10 @@ def eval_adherence(
             video = pipe.generate(prompt, steps=steps, guidance=guidance, seed=seed + i,
                                   expand=expand, progress=False)  # fmt: skip
         expanded = video.metadata.get("expanded_prompt")
-        scores = score(video, prompt)  # against what the user asked, not the expansion
-        per_prompt.append(
-            {"prompt": prompt, "expanded_prompt": expanded, "seed": seed + i, "scores": scores}
-        )
+        seen = judge(video)
+        scores = score_scene(seen, prompt)  # against what the user asked, not the expansion
+        per_prompt.append({"prompt": prompt, "expanded_prompt": expanded, "seed": seed + i,
+                           "scores": scores, "seen": seen.to_dict()})  # fmt: skip
     d = pipe.defaults
     return {
         "model": pipe.name,

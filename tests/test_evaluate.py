@@ -22,6 +22,8 @@ from kinetoscope.cli import main
 from kinetoscope.evaluate import ATTRIBUTES, eval_adherence, eval_vae, reconstruct
 from kinetoscope.pipeline import Pipeline
 from kinetoscope.prompts.caption import load_prompts
+from kinetoscope.world.judge import score_scene
+from kinetoscope.world.scene import Scene
 
 torch.set_num_threads(1)
 
@@ -82,6 +84,9 @@ def test_eval_adherence_is_deterministic_and_expansion_switches(pipe, tmp_path, 
     full = json.loads(out.read_text())
     assert full["expand"] is False and full["attributes"] == a["attributes"]
     assert [p["scores"] for p in full["per_prompt"]] == [p["scores"] for p in a["per_prompt"]]
+    # each record keeps what the judge saw, and that scene is what was scored
+    for p in full["per_prompt"]:
+        assert score_scene(Scene.from_dict(p["seen"]), p["prompt"]) == p["scores"]
 
 
 def test_eval_vae_gives_finite_psnr_and_ssim(pipe, model_dir, capsys):

@@ -379,7 +379,13 @@ def _agreement(stated: Obj, seen: Obj) -> int:
 
 def score(video: Video, prompt: str) -> dict:
     """Returns {attribute: agreement in [0, 1]} for each attribute the prompt states, plus
-    'overall' (their mean; 0.0 when the prompt states nothing). All values are floats.
+    'overall' (their mean; 0.0 when the prompt states nothing): `score_scene` of what the
+    judge reads from `video`."""
+    return score_scene(judge(video), prompt)
+
+
+def score_scene(seen: Scene, prompt: str) -> dict:
+    """Returns `score`'s figures for a scene the judge has already read. All values are floats.
 
     Prompt objects are matched one to one to judged objects: same colour first, then same
     shape, then the most agreeing attributes; an unmatched prompt object agrees on nothing.
@@ -387,7 +393,7 @@ def score(video: Video, prompt: str) -> dict:
     from kinetoscope.world.captions import parse_prompt
 
     parsed = parse_prompt(prompt)
-    stated, seen = parsed.scene, judge(video)
+    stated = parsed.scene
     out: dict = {}
     for key in ("environment", "time", "camera"):
         if getattr(stated, key) is not None:
