@@ -1,11 +1,13 @@
 """The video compression network: shapes, causality, chunked == whole, tiling, losses, metrics."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from kinetoscope.metrics import psnr, ssim
-from kinetoscope.models.vae import PRESETS, VAE, VAEConfig
+from kinetoscope.models.vae import PRESETS, VAE, VAEConfig, widen_decoder
 from kinetoscope.models.vae_loss import (
     PatchDiscriminator3D,
     hinge_d_loss,
@@ -248,3 +250,29 @@ def test_metrics():
     assert psnr(a, b) == pytest.approx(10 * np.log10(1 / mse))
     with pytest.raises(ValueError):
         psnr(a, a[:2])
+
+
+def test_a_wider_decoder_grows_from_a_narrow_one_and_decodes_as_before(vae):
+    """widen_decoder: the same encoder, a decoder twice as wide at full resolution that decodes
+    what the narrow one did, and whose new channels all learn (none starts dead)."""
+    wide = VAE(replace(SMALL, dec_dim_mult=(2, 2, 2, 2)))
+    assert wide.decoder.conv_out.in_channels == 2 * vae.decoder.conv_out.in_channels
+    wide.load_state_dict(widen_decoder(vae.state_dict(), wide))
+    x = _video(5, 16, 24)
+    with torch.no_grad():
+        z = vae.encode(x)
+        assert torch.equal(wide.encode(x), z)
+        want, got = vae.decode(z), wide.decode(z)
+    assert (got - want).abs().max() < 1e-3 * want.abs().max()
+
+    wide.decode(z).square().mean().backward()
+    new = wide.decoder.conv_out.weight.grad[:, vae.decoder.conv_out.in_channels :]
+    assert new.abs().min() > 0  # the new channels' outgoing weights get a gradient
+
+    with pytest.raises(ValueError, match="does not widen"):
+        widen_decoder(wide.state_dict(), vae)  # narrower is not wider
+    other = VAE(replace(SMALL, dim=8, dec_dim_mult=(1, 1, 1, 1)))
+    with pytest.raises(ValueError, match="^encoder"):
+        widen_decoder(vae.state_dict(), other)  # another encoder: not a decoder to grow
+    with pytest.raises(ValueError, match="dec_dim_mult needs one multiplier per level"):
+        VAEConfig(dim_mult=(1, 2, 4), dec_dim_mult=(2, 4), temperal_downsample=(True, True))
