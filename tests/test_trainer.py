@@ -133,6 +133,30 @@ def test_a_vae_fine_tunes_its_decoder_and_keeps_its_latents(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_a_vae_grows_a_wider_decoder_from_a_narrow_run(tmp_path, monkeypatch, capsys):
+    """model.init_from with a recipe whose decoder is wider (VAEConfig.dec_dim_mult): the run
+    starts from the narrow VAE widened (widen_decoder), its encoder kept bit for bit."""
+    wide = V.VAEConfig(dim=8, dim_mult=(1, 1, 1, 1), dec_dim_mult=(2, 1, 1, 1), z_dim=4)
+    monkeypatch.setitem(V.PRESETS, "micro-wide", wide)
+    assert main(["train", "/dev/null", *MICRO, "train.steps=1", f"train.out={tmp_path / 'a'}"]) == 0
+    more = ["model.vae=micro-wide", "model.freeze_encoder=true", "train.steps=1",
+            f"model.init_from={tmp_path / 'a'}", f"train.out={tmp_path / 'b'}"]  # fmt: skip
+    capsys.readouterr()
+    assert main(["train", "/dev/null", *MICRO, *more]) == 0
+    assert "widened to the recipe's 16" in capsys.readouterr().out
+    a, b = (C.load_checkpoint(tmp_path / r)[0] for r in "ab")
+    start = {**a["model"], **a["ema"]}
+    assert b["model"]["decoder.conv_out.weight"].shape[1] == 16
+    for k, v in b["model"].items():
+        if k.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(v, start[k]), k
+
+    back = ["model.freeze_encoder=true", "train.steps=1", f"model.init_from={tmp_path / 'b'}",
+            f"train.out={tmp_path / 'c'}"]  # fmt: skip
+    assert main(["train", "/dev/null", *MICRO, *back]) == 2  # a wide decoder does not shrink
+    assert "do not fit this recipe's model.vae=micro" in capsys.readouterr().err
+
+
 def test_grad_accum_consumes_one_batch_per_micro_step(tmp_path):
     run = train(cfg_for(tmp_path, "train.steps=2", "optim.grad_accum=2", "train.ckpt_every=2"))
     assert [r["position"] for r in read_metrics(run)] == [2, 4]

@@ -150,6 +150,24 @@ def _fit_patches(dit: dict, patch_size: tuple, verbose: bool) -> dict:
     return resize_patches(dit, patch_size)
 
 
+def _fit_decoder(vae: dict, reference: nn.Module, source: str, verbose: bool) -> dict:
+    """Returns VAE weights grown to the recipe's wider decoder (`widen_decoder`) when
+    `model.init_from`'s decoder is narrower; other shapes are left to `_load`."""
+    from kinetoscope.models.vae import widen_decoder
+
+    key = "decoder.conv_out.weight"
+    want = reference.state_dict()[key].shape
+    if key not in vae or vae[key].shape == want or vae[key].shape[1] > want[1]:
+        return vae
+    if verbose:
+        print(f"kinetoscope train: model.init_from's decoder ends at {vae[key].shape[1]} "
+              f"channels; widened to the recipe's {want[1]}, it decodes as before")  # fmt: skip
+    try:
+        return widen_decoder(vae, reference)
+    except ValueError as e:
+        raise UserError(f"{source}: its VAE does not widen to this recipe's: {e}") from None
+
+
 def _add_text_pool(dit: dict, reference: nn.Module, verbose: bool) -> dict:
     """Returns DiT weights with the recipe's fresh pooled-text path added when `model.init_from`
     has none (its last layer is zero, so the model starts as it was)."""
@@ -579,8 +597,9 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         from kinetoscope.pretrained import vae_weights
 
         reference = make()
-        _load(reference, vae_weights(m.init_from), f"model.init_from {m.init_from}",
-              f"model.vae={m.vae}")  # fmt: skip
+        source = f"model.init_from {m.init_from}"
+        vae = _fit_decoder(vae_weights(m.init_from), reference, source, info.is_main)
+        _load(reference, vae, source, f"model.vae={m.vae}")
     if m.stage == "dit" and m.init_from and not ckpt:  # fine-tune a trained model
         from kinetoscope.pretrained import dit_text_weights
 
