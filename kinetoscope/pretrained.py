@@ -225,6 +225,19 @@ def vae_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return _checkpoint_weights(path)
 
 
+def vae_config(path: str | Path):
+    """Returns the VAEConfig of a pipeline folder, a bundled name or a vae run or checkpoint."""
+    from kinetoscope.models.vae import PRESETS, VAEConfig
+
+    folder = _pipeline_folder(path)
+    if folder is not None:
+        return _build(VAEConfig, json.loads((folder / "config.json").read_text())["vae"])
+    found = _newest_checkpoint(Path(path)) if Path(path).is_dir() else None
+    if found is None or found[1].model.stage != "vae":
+        raise UserError(f"{path}: not a model folder or a vae run")
+    return PRESETS[found[1].model.vae]
+
+
 def dit_text_weights(path: str | Path) -> tuple[dict, dict]:
     """Returns float32 (DiT, byte text encoder) weights of a pipeline folder, a bundled name or
     a dit run or checkpoint (EMA over raw): what `model.init_from` fine-tunes from."""

@@ -115,6 +115,27 @@ def test_convert_swaps_in_a_decoder_only_when_the_encoder_is_the_same(model_dir,
         assert message in capsys.readouterr().err and not refused.exists()
 
 
+def test_convert_swaps_in_a_wider_decoder_grown_from_the_models_own(model_dir, tmp_path):
+    """A decoder widened from the model's own (VAEConfig.dec_dim_mult, widen_decoder) keeps
+    the latents, so convert takes it; the folder loads and decodes as before."""
+    from kinetoscope.cli import main
+    from kinetoscope.models.vae import widen_decoder
+
+    p = tiny_pipeline()
+    wide = VAE(replace(p.vae.cfg, dec_dim_mult=(2, 1, 1, 1)))
+    wide.load_state_dict(widen_decoder(p.vae.state_dict(), wide))
+    narrow, p.vae = p.vae, wide
+    src = p.save_pretrained(tmp_path / "wide-decoder")
+    out = tmp_path / "swapped"
+    assert main(["convert", str(model_dir), "--out", str(out), "--vae", str(src)]) == 0
+    got = Pipeline.from_pretrained(out, device="cpu", dtype=torch.float32)
+    assert got.vae.cfg.dec_dim_mult == (2, 1, 1, 1)
+    z = torch.randn(1, 16, 2, 4, 4)
+    with torch.no_grad():
+        want = narrow.decode(z)
+        assert (got.vae.decode(z) - want).abs().max() < 1e-3 * want.abs().max()
+
+
 def test_bfloat16_storage_halves_matrices_and_keeps_buffers_exact(tmp_path):
     ref = tiny_pipeline()
     half = ref.save_pretrained(tmp_path / "half", weights_dtype=torch.bfloat16)

@@ -20,6 +20,7 @@ interop/wan_vae_keys.py). tests/test_wan_interop.py proves outputs equal diffuse
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -378,22 +379,28 @@ def convert_folder(
 
 
 def swap_decoder(pipe, src: str | Path) -> None:
-    """Loads the VAE at `src` (a run or a folder) into `pipe` if it encodes exactly as the
-    pipe's own VAE does: the DiT learned those latents, so only the decoder may change."""
-    from kinetoscope.pretrained import vae_weights
+    """Puts the VAE at `src` (a run or a folder) into `pipe` if it encodes exactly as the pipe's
+    own VAE does: the DiT learned those latents, so only the decoder may change (in its weights,
+    or in its width: `VAEConfig.dec_dim_mult`)."""
+    from kinetoscope.models.vae import VAE
+    from kinetoscope.pretrained import vae_config, vae_weights
 
     if not Path(src).exists():
         raise UserError(f"--vae {src}: no such VAE run or folder")
-    new, own = vae_weights(src), pipe.vae.state_dict()
+    vae = VAE(replace(pipe.vae.cfg, dec_dim_mult=vae_config(src).dec_dim_mult))
+    new, own = vae_weights(src), vae.state_dict()
     if new.keys() != own.keys() or any(new[k].shape != own[k].shape for k in own):
         raise UserError(f"--vae {src}: not the same VAE architecture as {pipe.name}'s")
+    own = pipe.vae.state_dict()
     encodes = [k for k in own if k.startswith(("encoder.", "quant_conv.", "latents_"))]
     if any(not torch.equal(new[k].to(own[k].dtype), own[k]) for k in encodes):
         raise UserError(
             f"--vae {src}: its encoder is not the one {pipe.name}'s DiT was trained on; only a "
             "VAE trained from it with model.freeze_encoder=true keeps its latents"
         )
-    pipe.vae.load_state_dict(new)
+    vae.load_state_dict(new)
+    param = next(pipe.vae.parameters())
+    pipe.vae = vae.to(param.device, param.dtype).eval().requires_grad_(False)
 
 
 def _card(pipe, src) -> str:
