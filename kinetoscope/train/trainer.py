@@ -9,6 +9,7 @@ batch index, and a checkpoint holds model, EMA, optimizer, schedule, RNG and dat
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import time
@@ -568,9 +569,24 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 # ---- the loop ------------------------------------------------------------------------------
 
 
+def _keep_freed_memory() -> None:
+    """Tells glibc's malloc to keep freed memory for the next step. By default a tensor over
+    32 MB is mmap'd and handed back to the kernel when freed, so every step faults in and
+    zeroes its activations afresh: a tiny-wide VAE step on a 2-core CPU took 5.0 s that way,
+    a third of it in the kernel, against 2.5 s with this. Does nothing off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-4, 0)  # M_MMAP_MAX: never mmap, take all memory from the heap
+    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: keep up to 2 GiB free at the heap's top
+
+
 def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> Path:
     """Trains the config's stage; returns the run folder (checkpoints, metrics.jsonl, samples)."""
     info = D.init_distributed(device)
+    if info.device.type == "cpu":
+        _keep_freed_memory()
     run = Path(cfg.train.out)
     try:
         return _train(cfg, resume, info, run)
