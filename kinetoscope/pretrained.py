@@ -19,7 +19,7 @@ and the VAE run its `model.vae_path` names.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -235,7 +235,7 @@ def vae_config(path: str | Path):
     found = _newest_checkpoint(Path(path)) if Path(path).is_dir() else None
     if found is None or found[1].model.stage != "vae":
         raise UserError(f"{path}: not a model folder or a vae run")
-    return PRESETS[found[1].model.vae]
+    return replace(PRESETS[found[1].model.vae])  # a copy: the preset stays as it is
 
 
 def dit_text_weights(path: str | Path) -> tuple[dict, dict]:

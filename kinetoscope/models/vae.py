@@ -92,7 +92,8 @@ PRESETS: dict[str, VAEConfig] = {
     # tiny's encoder (so its latents) with a decoder twice as wide at full resolution (32
     # channels, not 16): 1.95 M parameters; grown from a trained tiny by `widen_decoder`.
     # Train it on clips only (data.image_share=0): under torch 2.13 on CPU, a bf16 Conv3d's
-    # weight gradient comes out NaN for 32 channels on 1-frame (and 3-frame) 64x64 inputs.
+    # weight gradient comes out NaN for 24 or 32 channels on 64x64 inputs of 3 or 5 frames (an
+    # image is padded to 3); 33-frame clips, fp32 and 48 channels are fine.
     "tiny-wide": VAEConfig(
         dim_mult=(1, 2, 4), dec_dim_mult=(2, 2, 4), temperal_downsample=(True, True)
     ),
