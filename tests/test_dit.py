@@ -262,6 +262,28 @@ def test_rope_is_relative_and_norm_preserving():
     torch.testing.assert_close(rot(q, 17).norm(), q.norm())
 
 
+def test_a_deepened_dit_computes_what_it_was_grown_from():
+    """deepen: 2 blocks grown to 5 give the same velocity on any latents (the new blocks pass
+    their input through), each new block's residual outputs are zero and its other weights are
+    the block before it; fewer blocks are refused."""
+    from kinetoscope.models.dit import deepen
+
+    small = make(noise=0.05)
+    deep = DiT(DiTConfig(**{**vars(CFG), "num_layers": 5})).eval()
+    grown = deepen(small.state_dict(), 5)
+    deep.load_state_dict(grown)
+    x, t, ctx = inputs(h=6, w=10)
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x, t, ctx), small(x, t, ctx), rtol=1e-5, atol=1e-6)
+    old = [n for n in range(5) if torch.any(grown[f"blocks.{n}.ffn.2.weight"] != 0)]
+    assert old == [0, 2]  # the old blocks, in order, spread over the five
+    assert torch.equal(grown["blocks.1.ffn.0.weight"], small.state_dict()["blocks.0.ffn.0.weight"])
+    assert not grown["blocks.4.self_attn.o.weight"].any()
+    assert not grown["blocks.4.cross_attn.o.bias"].any()
+    with pytest.raises(ValueError, match="cannot make 2 blocks into 1"):
+        deepen(small.state_dict(), 1)
+
+
 def test_resized_patches_see_the_latents_as_the_old_model_saw_them_upsampled():
     """resize_patches (FlexiViT's PI-resize): a 2x2-patch DiT made from a 4x4 one gives, on any
     latents, the 4x4 model's velocity on those latents upsampled 2x, averaged back down; and

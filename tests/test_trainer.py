@@ -264,6 +264,7 @@ def micro_dit(monkeypatch):
         DT.PRESETS, "micro-fine", DT.replace(DT.PRESETS["micro"], patch_size=(1, 1, 1))
     )
     monkeypatch.setitem(DT.PRESETS, "micro-pool", DT.replace(DT.PRESETS["micro"], text_pool=True))
+    monkeypatch.setitem(DT.PRESETS, "micro-deep", DT.replace(DT.PRESETS["micro"], num_layers=2))
 
 
 def test_text_stage_learns_to_read_captions_and_the_dit_starts_from_it(tmp_path, capsys, micro_dit):
@@ -365,6 +366,24 @@ def test_a_dit_run_fine_tunes_across_patch_sizes(tmp_path, capsys, micro_dit):
     assert b["dit.patch_embedding.weight"].shape[2:] == (1, 1, 1)
     for k, v in want.items():
         torch.testing.assert_close(b[f"dit.{k}"], v, rtol=0, atol=1e-6)
+
+
+def test_a_dit_run_deepens_a_shallower_model_and_refuses_to_cut_one(tmp_path, capsys, micro_dit):
+    """model.init_from with fewer blocks: they are grown (`deepen`), said in one line, and the
+    run starts from the old weights; from more blocks than the recipe's: a message, exit 2."""
+    from kinetoscope.models.dit import deepen
+
+    start, b, out = _still_run_from_micro(tmp_path, capsys, "micro-deep")
+    assert "has 1 blocks; deepened to 2, the new ones starting as the identity" in out
+    dit = {k[4:]: v for k, v in start.items() if k.startswith("dit.")}
+    for k, v in deepen(dit, 2).items():
+        torch.testing.assert_close(b[f"dit.{k}"], v, rtol=0, atol=1e-6)
+    base = ["model.stage=dit", "model.vae=micro", "model.text=micro", "model.dit=micro",
+            "data.buckets=[[1,16,16]]", "data.image_share=1.0", "data.num_workers=0",
+            f"model.init_from={tmp_path / 'b'}", f"train.out={tmp_path / 'c'}"]  # fmt: skip
+    assert main(["train", "/dev/null", *base]) == 2
+    assert "has 2 blocks, more than this recipe's 1" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_dit_run_adds_the_pooled_text_path_to_a_model_without_one(tmp_path, capsys, micro_dit):

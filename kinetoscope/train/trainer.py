@@ -151,6 +151,23 @@ def _fit_patches(dit: dict, patch_size: tuple, verbose: bool) -> dict:
     return resize_patches(dit, patch_size)
 
 
+def _fit_depth(dit: dict, num_layers: int, source: str, verbose: bool) -> dict:
+    """Returns DiT weights grown to the recipe's depth (`deepen`: the new blocks start as the
+    identity) when `model.init_from` has fewer blocks; refuses to drop blocks."""
+    from kinetoscope.models.dit import deepen
+
+    old = 1 + max((int(k.split(".")[1]) for k in dit if k.startswith("blocks.")), default=-1)
+    if old == num_layers or old == 0:
+        return dit
+    if old > num_layers:
+        raise UserError(f"{source} has {old} blocks, more than this recipe's {num_layers}: "
+                        "a DiT can be deepened, not cut")  # fmt: skip
+    if verbose:
+        print(f"kinetoscope train: model.init_from has {old} blocks; deepened to {num_layers}, "
+              "the new ones starting as the identity")  # fmt: skip
+    return deepen(dit, num_layers)
+
+
 def _fit_decoder(vae: dict, reference: nn.Module, source: str, verbose: bool) -> dict:
     """Returns VAE weights grown to the recipe's wider decoder (`widen_decoder`) when
     `model.init_from`'s decoder is narrower; other shapes are left to `_load`."""
@@ -622,6 +639,8 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         reference = make()
         dit, text = dit_text_weights(m.init_from)
         dit = _fit_patches(dit, reference.dit.cfg.patch_size, info.is_main)
+        source = f"model.init_from {m.init_from}"
+        dit = _fit_depth(dit, reference.dit.cfg.num_layers, source, info.is_main)
         dit = _add_text_pool(dit, reference.dit, info.is_main)
         _load(reference.dit, dit, f"model.init_from {m.init_from}", f"model.dit={m.dit}")
         _load(reference.text, text, f"model.init_from {m.init_from}", f"model.text={m.text}")
