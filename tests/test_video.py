@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import av
 import numpy as np
@@ -163,7 +164,8 @@ BAD_FILES = {
     "missing": (lambda d, mv: d / "nope.mp4", "no such file"),
     "folder": (lambda d, mv: (d / "dir.mp4").mkdir() or d / "dir.mp4", "is a folder"),
     "empty": (lambda d, mv: _write(d / "e.mp4", b""), "empty file"),
-    "random bytes": (lambda d, mv: _write(d / "r.mp4", os.urandom(4000)), "cannot"),
+    # seeded: some random 4,000 bytes probe as an audio stream ("has no video stream")
+    "random bytes": (lambda d, mv: _write(d / "r.mp4", random.Random(0).randbytes(4000)), "cannot"),
     "truncated mp4": (_truncated_mp4, "cannot"),
     "truncated faststart mp4": (_truncated_faststart_mp4, "truncated"),
     "truncated webm": (lambda d, mv: _cut(d, mv, ".webm"), "truncated"),
