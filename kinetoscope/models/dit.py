@@ -143,6 +143,11 @@ def resize_patches(state: dict[str, torch.Tensor], patch_size: tuple[int, int, i
 BLOCK_OUTPUTS = ("self_attn.o.", "cross_attn.o.", "ffn.2.")
 
 
+def num_blocks(state: dict[str, torch.Tensor]) -> int:
+    """Returns how many blocks the DiT weights `state` hold."""
+    return 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.")), default=-1)
+
+
 def deepen(state: dict[str, torch.Tensor], num_layers: int) -> dict:
     """Returns DiT weights with more blocks, that compute exactly what `state` computes.
 
@@ -153,7 +158,7 @@ def deepen(state: dict[str, torch.Tensor], num_layers: int) -> dict:
     something, and every weight gets a gradient from the first step (the outputs' inputs are
     not zero). Raises ValueError when `num_layers` is fewer blocks than `state` has.
     """
-    old = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.")), default=-1)
+    old = num_blocks(state)
     if num_layers < old:
         raise ValueError(f"cannot make {old} blocks into {num_layers}")
     if num_layers == old:

@@ -154,9 +154,9 @@ def _fit_patches(dit: dict, patch_size: tuple, verbose: bool) -> dict:
 def _fit_depth(dit: dict, num_layers: int, source: str, verbose: bool) -> dict:
     """Returns DiT weights grown to the recipe's depth (`deepen`: the new blocks start as the
     identity) when `model.init_from` has fewer blocks; refuses to drop blocks."""
-    from kinetoscope.models.dit import deepen
+    from kinetoscope.models.dit import deepen, num_blocks
 
-    old = 1 + max((int(k.split(".")[1]) for k in dit if k.startswith("blocks.")), default=-1)
+    old = num_blocks(dit)
     if old == num_layers or old == 0:
         return dit
     if old > num_layers:
@@ -638,12 +638,12 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
 
         reference = make()
         dit, text = dit_text_weights(m.init_from)
-        dit = _fit_patches(dit, reference.dit.cfg.patch_size, info.is_main)
         source = f"model.init_from {m.init_from}"
+        dit = _fit_patches(dit, reference.dit.cfg.patch_size, info.is_main)
         dit = _fit_depth(dit, reference.dit.cfg.num_layers, source, info.is_main)
         dit = _add_text_pool(dit, reference.dit, info.is_main)
-        _load(reference.dit, dit, f"model.init_from {m.init_from}", f"model.dit={m.dit}")
-        _load(reference.text, text, f"model.init_from {m.init_from}", f"model.text={m.text}")
+        _load(reference.dit, dit, source, f"model.dit={m.dit}")
+        _load(reference.text, text, source, f"model.text={m.text}")
     model, forward = D.build_parallel(
         make, info, cfg.dist.mode, t.grad_checkpoint, t.compile, tensors.get("model"), reference
     )
