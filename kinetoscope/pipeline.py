@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from kinetoscope.bigimage import refine_tiled
-from kinetoscope.diffusion.flow import shift_for_latent
+from kinetoscope.diffusion.flow import frame_noise, shift_for_latent
 from kinetoscope.diffusion.sampling import SAMPLERS, sample
 from kinetoscope.errors import UserError
 from kinetoscope.longvideo import Stream, known_frames, roll
@@ -60,6 +60,7 @@ class PipelineDefaults:
     guidance: float = 4.0
     shift: float | None = None  # None: flow.shift_for_tokens, the rule the trainer uses
     sampler: str = "dpm++2m"
+    noise_corr: float = 0.0  # correlation of the noise between latent frames: as trained
     window: int = 9  # latent frames per DiT pass (9 = 33 frames, the training clip length)
     overlap: int = 3  # known latent frames each window (and each extension) is conditioned on
     transition: float = 2.0  # seconds of a connect / loop transition
@@ -75,6 +76,8 @@ class PipelineDefaults:
     guide_frames: bool = False
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.noise_corr < 1.0:
+            raise ValueError(f"noise_corr must be in [0, 1), got {self.noise_corr}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if not (self.overlap >= 1 and 2 * self.overlap + 1 <= self.window):
@@ -300,7 +303,7 @@ class Pipeline:
         t, H, W = size
         h, w = H // self.space_factor, W // self.space_factor
         shape = (1, self.dit.cfg.in_channels, t, h, w)
-        noise = torch.randn(shape, generator=generator).to(self.device)
+        noise = frame_noise(shape, generator, self.defaults.noise_corr).to(self.device)
         with self._autocast():
             z = sample(
                 self.dit, noise, prompt.context, prompt.mask, prompt.null_context, prompt.null_mask,

@@ -306,6 +306,7 @@ def load_run(path: Path, device=None, dtype: torch.dtype = torch.bfloat16):
         window=window,
         overlap=min(3, (window - 1) // 2),
         shift=cfg.train.shift,  # sample with the times it trained on
+        noise_corr=cfg.train.noise_corr,  # ... and the noise
         # A model trained to animate a given first frame makes text to video in two steps.
         keyframe=cfg.train.conditions.get("first_frame", 0.0) > 0,
         # ... and one trained to continue clips is guided by the frames it continues.

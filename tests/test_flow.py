@@ -7,6 +7,7 @@ from torch import nn
 from kinetoscope.diffusion.conditioning import FrameCondition
 from kinetoscope.diffusion.flow import (
     flow_loss,
+    frame_noise,
     interpolate,
     sample_t,
     shift_for_tokens,
@@ -34,6 +35,24 @@ def test_interpolate_ends_and_per_frame_times():
     assert torch.equal(x_t[:, :, 0], x0[:, :, 0])
     assert torch.equal(x_t[:, :, 1], eps[:, :, 1])
     torch.testing.assert_close(x_t[:, :, 2], 0.75 * x0[:, :, 2] + 0.25 * eps[:, :, 2])
+
+
+def test_frame_noise_is_unit_normal_with_frames_correlated_as_asked():
+    shape = (8, 4, 6, 16, 16)
+    g = lambda: torch.Generator().manual_seed(3)
+    assert torch.equal(frame_noise(shape, g()), torch.randn(shape, generator=g()))  # 0: iid
+    assert torch.equal(frame_noise(shape, g(), 0.5), frame_noise(shape, g(), 0.5))  # seeded
+    x = frame_noise(shape, g(), 0.5)
+    assert abs(x.std().item() - 1) < 0.02  # every frame is still N(0, 1): same x_t scale
+    frames = x.transpose(0, 2).flatten(1)  # [T, everything else]
+    corr = torch.corrcoef(frames)
+    off = corr[~torch.eye(shape[2], dtype=torch.bool)]
+    assert (off - 0.5).abs().max() < 0.05  # every pair of frames, near and far
+    across = torch.corrcoef(x[:, :, 0].flatten(1))  # samples of a batch stay independent
+    assert across[~torch.eye(shape[0], dtype=torch.bool)].abs().max() < 0.2  # (not 0.5)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="noise correlation must be in"):
+            frame_noise(shape, g(), bad)
 
 
 def test_sample_t_is_logit_normal_and_seeded():

@@ -198,7 +198,8 @@ def test_loads_a_training_run_with_its_ema_weights(tmp_path):
     text_cfg = byte_text_config("tiny")
     model = TextToVideo(DiT(dit_config("tiny", text_dim=text_cfg.dim)), ByteTextEncoder(text_cfg))
     ema = {k: v * 2 for k, v in model.named_parameters()}
-    cfg = resolve({"model": {"stage": "dit", "vae_path": str(tmp_path / "vae")}}, ["train.shift=3"])
+    dit_run = {"model": {"stage": "dit", "vae_path": str(tmp_path / "vae")}}
+    cfg = resolve(dit_run, ["train.shift=3", "train.noise_corr=0.25"])
     save_checkpoint(tmp_path / "dit", 20, {"model": model.state_dict(), "ema": ema}, {}, cfg)
     (tmp_path / "dit" / ".tmp-step_000030-1").mkdir()  # an interrupted write is never read
 
@@ -210,6 +211,7 @@ def test_loads_a_training_run_with_its_ema_weights(tmp_path):
     assert torch.equal(p.vae.decoder.conv_in.weight, vae_ema["decoder.conv_in.weight"])
     assert (p.defaults.width, p.defaults.height, p.defaults.window) == (64, 64, 9)
     assert p.defaults.shift == 3.0  # it samples with the shift it trained with
+    assert p.defaults.noise_corr == 0.25  # ... and the noise
     with pytest.raises(UserError, match="is a vae run"):
         Pipeline.from_pretrained(tmp_path / "vae")
 
@@ -238,6 +240,18 @@ def test_same_seed_same_video_other_seed_other_video(pipe):
     a, b, c = gen(pipe, frames=5), gen(pipe, frames=5), gen(pipe, frames=5, seed=1)
     assert np.array_equal(a.frames, b.frames)
     assert not np.array_equal(a.frames, c.frames)
+
+
+def test_a_model_trained_on_correlated_noise_samples_from_it_seeded(pipe):
+    from dataclasses import replace
+
+    corr = Pipeline(pipe.vae, pipe.dit, pipe.text_encoder, replace(pipe.defaults, noise_corr=0.5),
+                    device="cpu", dtype=torch.float32)  # fmt: skip
+    a, b = gen(corr, frames=9), gen(corr, frames=9)
+    assert np.array_equal(a.frames, b.frames)
+    assert not np.array_equal(a.frames, gen(pipe, frames=9).frames)  # other noise, other video
+    with pytest.raises(ValueError, match="noise_corr must be in"):
+        replace(pipe.defaults, noise_corr=1.0)
 
 
 def test_expanded_prompt_is_used_and_stored(pipe, tmp_path):

@@ -21,6 +21,24 @@ def interpolate(x0: Tensor, eps: Tensor, t_frames: Tensor) -> Tensor:
     return (1 - t) * x0 + t * eps
 
 
+def frame_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None = None, corr: float = 0.0
+) -> Tensor:
+    """Returns N(0, 1) noise of `shape` [B, C, T, H, W] (float32, on CPU) whose latent frames
+    are correlated by `corr`: each frame is sqrt(corr) x one draw all frames share plus
+    sqrt(1 - corr) x its own (PYoCo's mixed noise prior, Ge et al. 2023), so that the noise,
+    like the video, is much the same from frame to frame. `corr` 0 draws exactly what
+    `torch.randn(shape, generator=generator)` draws. Training and sampling must use the same.
+    """
+    if not 0.0 <= corr < 1.0:
+        raise ValueError(f"noise correlation must be in [0, 1), got {corr}")
+    x = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if corr:
+        shared = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator)
+        x = math.sqrt(corr) * shared + math.sqrt(1 - corr) * x
+    return x
+
+
 def sample_t(
     batch: int,
     generator: torch.Generator | None = None,

@@ -105,6 +105,9 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # Flow-time shift of the training times (and the trained model's sampling default);
     # None: flow.shift_for_tokens, which gives a small latent none (1.0).
     shift: float | None = None
+    # dit stage: correlation of the noise between latent frames (flow.frame_noise; the trained
+    # model's sampling default); 0 is independent noise per frame.
+    noise_corr: float = 0.0
     mse_weight: float = 0.0  # vae stage: an MSE term beside L1, so small objects count
     # dit stage: weight of a loss on the velocity error's change from one latent frame to the
     # next (flow.flow_loss), which stresses what moves over the background every frame shares.
@@ -362,6 +365,7 @@ def validate(cfg: TrainConfig) -> None:
         0.0 <= t.text_dropout < 1.0, f"train.text_dropout must be in [0, 1), got {t.text_dropout}"
     )
     _check(t.shift is None or t.shift > 0, f"train.shift must be > 0 (or null), got {t.shift}")
+    _check(0.0 <= t.noise_corr < 1.0, f"train.noise_corr must be in [0, 1), got {t.noise_corr}")
     _check(t.mse_weight >= 0.0, f"train.mse_weight must be >= 0, got {t.mse_weight}")
     _check(t.temporal_weight >= 0.0, f"train.temporal_weight must be >= 0, got {t.temporal_weight}")
     _check(t.read_weight >= 0.0, f"train.read_weight must be >= 0, got {t.read_weight}")

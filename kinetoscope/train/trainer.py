@@ -391,6 +391,7 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     from kinetoscope.diffusion.conditioning import ConditionProbs, FrameCondition, random_condition
     from kinetoscope.diffusion.flow import (
         error_loss,
+        frame_noise,
         sample_t,
         shift_for_latent,
         shift_t,
@@ -410,7 +411,7 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     t = shift_t(sample_t(b, g), shift).to(device)
     probs = ConditionProbs(**{k: cfg.train.conditions.get(k, 0.0) for k in _kinds()})
     known = random_condition(b, t_lat, g, probs).to(device)  # [B, T] True = given clean
-    noise = torch.randn(x0.shape, generator=g).to(device)
+    noise = frame_noise(x0.shape, g, cfg.train.noise_corr).to(device)
 
     def cover_of(masks: torch.Tensor) -> torch.Tensor:  # uint8 [B, T, H, W] -> the latent grid
         return latent_coverage(masks.to(device).float() / 255, x0.shape[2:])
@@ -554,6 +555,7 @@ def write_samples(cfg, model_fn, weights, batch, vae, out: Path, device) -> None
         for i in range(both.shape[0]):
             Video.from_tensor(both[i].cpu(), fps=cfg.data.fps).save(out / f"recon_{i}.gif")
         return
+    from kinetoscope.diffusion.flow import frame_noise
     from kinetoscope.diffusion.sampling import sample
 
     caption = batch["caption"][:1]
@@ -566,7 +568,7 @@ def write_samples(cfg, model_fn, weights, batch, vae, out: Path, device) -> None
         tf, sf = vae.cfg.time_factor, vae.cfg.space_factor
         shape = (1, model.dit.cfg.in_channels, 1 + (f - 1) // tf, h // sf, w // sf)
     g = torch.Generator().manual_seed(cfg.train.seed)
-    noise = torch.randn(shape, generator=g).to(device)
+    noise = frame_noise(shape, g, cfg.train.noise_corr).to(device)
     with ac:
         ctx, nctx = model.text.encode_ids(ids, mask), model.text.encode_ids(null_ids, null_mask)
         z = sample(model.dit, noise, ctx, mask, nctx, null_mask, steps=10, guidance=3.0,
