@@ -23,7 +23,7 @@ import torch
 from text_reliance import moving_scene as one_moving_object  # a sibling: benchmarks/ is on sys.path
 
 from kinetoscope.diffusion.conditioning import FrameCondition
-from kinetoscope.diffusion.flow import flow_loss
+from kinetoscope.diffusion.flow import flow_loss, frame_noise
 from kinetoscope.pipeline import Notice, Pipeline
 from kinetoscope.world.captions import caption
 from kinetoscope.world.render import render
@@ -58,7 +58,7 @@ def measure(pipe: Pipeline, x0: torch.Tensor, captions, times, seed: int = 0) ->
     """Returns {t: {"alone", "given", "ratio"}}: mean squared velocity error on the middle frame."""
     b, _, frames, _, _ = x0.shape
     mid = frames // 2
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    noise = frame_noise(x0.shape, torch.Generator().manual_seed(seed), pipe.defaults.noise_corr)
     with pipe._autocast():
         ctx, mask = pipe.text_encoder(captions)
     known = torch.ones(b, frames, dtype=torch.bool)

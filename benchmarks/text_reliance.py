@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kinetoscope.diffusion.conditioning import FrameCondition
-from kinetoscope.diffusion.flow import flow_loss
+from kinetoscope.diffusion.flow import flow_loss, frame_noise
 from kinetoscope.pipeline import Notice, Pipeline
 from kinetoscope.world.captions import caption
 from kinetoscope.world.render import render
@@ -76,7 +76,7 @@ def measure(
         for key in (*OBJECT_SWAPS, *SCENE_SWAPS):
             other = swap(scene, key, rng)
             captions[key] = None if other is None else caption(other, "detailed", seed=i)
-        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(i))
+        noise = frame_noise(z.shape, torch.Generator().manual_seed(i), pipe.defaults.noise_corr)
         first = FrameCondition.first_frame(z[:, :, :1], z.shape[2])  # as image to video
         with pipe._autocast():
             encoded = {k: pipe.text_encoder([c]) for k, c in captions.items() if c is not None}

@@ -33,6 +33,7 @@ from text_reliance import moving_scene, rows
 from tqdm.auto import tqdm
 
 from kinetoscope.diffusion.conditioning import frame_timesteps
+from kinetoscope.diffusion.flow import frame_noise
 from kinetoscope.pipeline import Notice, Pipeline
 from kinetoscope.world.captions import caption
 from kinetoscope.world.render import render
@@ -60,7 +61,7 @@ def measure(
         video, cover = render(scene, d.width, d.height, length, d.fps, seed=i, coverage=True)
         z = pipe.encode_frames(video.frames)
         grid = tuple(z.shape[2:])
-        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(i))
+        noise = frame_noise(z.shape, torch.Generator().manual_seed(i), pipe.defaults.noise_corr)
         for key in keys:
             other = swap(scene, key, np.random.default_rng([seed, i, KEYS.index(key)]))
             if other is None:
