@@ -34,7 +34,7 @@ def frame_noise(
         raise ValueError(f"noise correlation must be in [0, 1), got {corr}")
     x = torch.randn(shape, generator=generator, dtype=torch.float32)
     if corr:
-        shared = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator)
+        shared = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator, dtype=torch.float32)
         x = math.sqrt(corr) * shared + math.sqrt(1 - corr) * x
     return x
 
