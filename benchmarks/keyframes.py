@@ -24,6 +24,7 @@ import torch
 from confusion import NONE, confusions, extras, table
 from tqdm.auto import tqdm
 
+from kinetoscope.diffusion.sampling import SAMPLERS
 from kinetoscope.pipeline import Notice, Pipeline
 from kinetoscope.video import Video
 from kinetoscope.world.judge import judge
@@ -43,10 +44,9 @@ def measure(pipe, prompts: list[str], steps=None, guidance=None) -> tuple[list[d
     return records, images
 
 
-def summary(records: list[dict]) -> dict:
-    """Returns the shape counts over the one-object prompts: right, no object of the stated
-    colour, and how many there were."""
-    counts = confusions(records, "shape")
+def summary(counts) -> dict:
+    """Returns from `confusions(records, "shape")` the shape counts over the one-object prompts:
+    right, no object of the stated colour, and how many there were."""
     n = sum(counts.values())
     right = sum(v for (a, b), v in counts.items() if a == b)
     missing = sum(v for (_, b), v in counts.items() if b == NONE)
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
     ap.add_argument("--guidance", type=float, default=None, help="guidance (model default)")
     ap.add_argument("--shift", type=float, default=None, help="sampling shift (model default)")
-    ap.add_argument("--sampler", choices=("euler", "dpm++2m"), default=None)
+    ap.add_argument("--sampler", choices=SAMPLERS, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--grid", default=None, help="write the first 24 images here (.png)")
     ap.add_argument("--json", default=None, help="write the records and the counts here")
@@ -93,8 +93,9 @@ def main() -> None:
     if args.sampler is not None:
         pipe.defaults.sampler = args.sampler
     records, images = measure(pipe, prompts, args.steps, args.guidance)
-    s = summary(records)
-    print(table(confusions(records, "shape"), "shape") + "\n")
+    counts = confusions(records, "shape")
+    s = summary(counts)
+    print(table(counts, "shape") + "\n")
     print(f"shape right {s['shape_right']}/{s['one_object_prompts']}, no object of the stated "
           f"colour {s['no_object_of_the_colour']}")  # fmt: skip
     seen, _ = extras(records)

@@ -32,7 +32,7 @@ def test_summary_counts_right_shapes_and_missing_objects_over_one_object_prompts
         rec("a blue triangle", Obj("triangle", "green")),  # no blue object
         rec("a red circle and a blue square", Obj("circle", "red")),  # two objects: not counted
     ]
-    assert kf.summary(records) == {
+    assert kf.summary(kf.confusions(records, "shape")) == {
         "one_object_prompts": 3, "shape_right": 1, "no_object_of_the_colour": 1}  # fmt: skip
 
 
