@@ -71,7 +71,7 @@ def measure(
         z = pipe.encode_frames(video.frames)
         weight = None  # with --objects: the object's share of each latent position
         if cover is not None:
-            weight = latent_coverage(torch.from_numpy(cover)[None], tuple(z.shape[2:]))
+            weight = latent_coverage(torch.from_numpy(cover.max(0))[None], tuple(z.shape[2:]))
         captions = {"true": caption(scene, "detailed", seed=i), "no caption": ""}
         for key in (*OBJECT_SWAPS, *SCENE_SWAPS):
             other = swap(scene, key, rng)

@@ -68,7 +68,8 @@ def measure(
                 continue
             twin, twin_cover = render(other, d.width, d.height, length, d.fps, i, coverage=True)
             z2 = pipe.encode_frames(twin.frames)
-            masks = [latent_coverage(torch.from_numpy(c)[None], grid) for c in (cover, twin_cover)]
+            both = (cover.max(0), twin_cover.max(0))  # any shape's
+            masks = [latent_coverage(torch.from_numpy(c)[None], grid) for c in both]
             w = torch.maximum(*masks)  # [1, 1, t, h, w]
             want = (z2 - z).float()  # v_a - v_b should be (eps - z) - (eps - z2)
             total[key] += float((want.square() * w).sum())

@@ -124,8 +124,11 @@ def test_shapeworld_from_config():
     weighted = resolve({}, ["data.tokens_per_batch=1152", "train.object_weight=2"])
     batch = ShapeWorldClips.from_config(weighted).batch(0)
     assert batch["coverage"].dtype == torch.uint8
-    assert batch["coverage"].shape == batch["video"][:, 0].shape  # [B, T, H, W]
+    assert batch["coverage"].shape[2:] == batch["video"].shape[2:]  # [B, S, T, H, W]
+    assert batch["coverage"].shape[:2] == (len(batch["video"]), 3)  # a map per shape
     assert "pair" not in batch
+    shaped = resolve({}, ["data.tokens_per_batch=1152", "train.shape_weight=1"])
+    assert ShapeWorldClips.from_config(shaped).coverage  # the shape map reads them too
 
 
 def test_pairs_change_one_word_and_only_the_pixels_of_its_object():
@@ -160,7 +163,7 @@ def test_pairs_change_one_word_and_only_the_pixels_of_its_object():
             changed_keys.add(changed[0])
             # The same render seed: where neither object is, the pixels are the same (to one
             # level of 255, for the masks' antialiased edges rounded to 0).
-            free = (batch["coverage"][i] == 0) & (pair["coverage"][n] == 0)  # [T, H, W]
+            free = (batch["coverage"][i].amax(0) == 0) & (pair["coverage"][n].amax(0) == 0)
             diff = (batch["video"][i] - pair["video"][n]).abs().amax(0) * 127.5
             assert diff[free].max() <= 1.001 and diff[~free].max() > 10
     assert seen >= 4 and changed_keys == {"shape", "motion"}

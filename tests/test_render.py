@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kinetoscope.world.render import PALETTE, render
-from kinetoscope.world.scene import ENVIRONMENTS, Obj, Scene, sample_scene
+from kinetoscope.world.scene import ENVIRONMENTS, SHAPES, Obj, Scene, sample_scene
 
 
 def _scene(**kw) -> Scene:
@@ -147,8 +147,11 @@ def test_large_and_odd_sizes_render(size):
 
 def test_coverage_marks_exactly_the_pixels_objects_change():
     scene = _scene(motion="right", speed="fast")
-    video, cover = render(scene, 48, 32, 5, seed=2, coverage=True)
-    assert cover.shape == (5, 32, 48) and cover.dtype == np.float32
+    video, by_shape = render(scene, 48, 32, 5, seed=2, coverage=True)
+    assert by_shape.shape == (3, 5, 32, 48) and by_shape.dtype == np.float32
+    cover = by_shape.max(0)
+    own = SHAPES.index(scene.objects[0].shape)  # the one object's shape, and no other
+    assert by_shape[own].max() == 1.0 and np.delete(by_shape, own, 0).max() == 0
     assert cover.min() >= 0 and cover.max() == 1.0
     assert np.array_equal(video.frames, render(scene, 48, 32, 5, seed=2).frames)
     empty = Scene(environment="meadow", time="day", camera="static", objects=[])

@@ -493,6 +493,78 @@ def test_pair_weight_adds_the_paired_clips_term(tmp_path, capsys, monkeypatch, m
     assert not (tmp_path / "c").exists()
 
 
+def test_shape_map_shares_each_token_between_background_and_the_shapes():
+    from kinetoscope.train.trainer import shape_map, shape_map_loss
+
+    cover = torch.zeros(1, 3, 5, 16, 16)  # [B, S, T, H, W]: circles, squares, triangles
+    cover[0, 1, 0, :8, :8] = 1.0  # frame 0: a square fills token (0, 0)
+    cover[0, 2, 3, :4, 8:] = 1.0  # frame 3 (latent frame 1): a triangle, half of token (0, 1)
+    cover[0, 0, 3, :4, 8:] = 1.0  # ... overlapped by a circle
+    got = shape_map(cover, (2, 2, 2))
+    assert got.shape == (1, 4, 2, 2, 2)  # background, circle, square, triangle
+    torch.testing.assert_close(got.sum(1), torch.ones(1, 2, 2, 2))
+    assert got[0, :, 0, 0, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert got[0, :, 1, 0, 1].tolist() == pytest.approx([0.0, 0.5, 0.0, 0.5])  # 0.5 + 0.5 + 0.5
+    assert got[0, 0, 0, 1, 1] == 1.0  # nothing there: background
+    # The loss counts the frames not given: a head right on frame 0 alone is only right there.
+    right = torch.log(got.flatten(2).transpose(1, 2).clamp(min=1e-6))  # [B, N, K] logits
+    wrong = right.flip(-1)
+    mixed = torch.cat([right[:, :4], wrong[:, 4:]], 1)  # tokens in (t h w) order: frame 0 first
+    only0, only1 = torch.tensor([[True, False]]), torch.tensor([[False, True]])
+    assert shape_map_loss(mixed, got, only0) < 0.01 < shape_map_loss(mixed, got, only1)
+    assert shape_map_loss(mixed, got, torch.zeros(1, 2, dtype=torch.bool)) == 0
+
+
+def test_dit_features_are_the_tokens_after_the_named_block():
+    from kinetoscope.models.dit import DiT, dit_config
+
+    torch.manual_seed(0)
+    dit = DiT(dit_config("tiny", dim=32, ffn_dim=64, num_layers=3, num_heads=2, text_dim=16,
+                         in_channels=4, out_channels=4, patch_size=(1, 2, 2)))  # fmt: skip
+    for p in dit.parameters():  # adaLN-zero starts every block as the identity: perturb it
+        p.data += 0.05 * torch.randn_like(p)
+    x, t, ctx = torch.randn(2, 4, 3, 6, 10), torch.rand(2), torch.randn(2, 5, 16)
+    seen = []
+    dit.blocks[1].register_forward_hook(lambda m, i, out: seen.append(out))
+    v, hidden = dit(x, t, ctx, features=1)
+    assert hidden.shape == (2, 3 * 3 * 5, 32)
+    torch.testing.assert_close(hidden, seen[0])
+    torch.testing.assert_close(v, dit(x, t, ctx))  # the velocity is the same either way
+    with pytest.raises(ValueError, match="features must name one of 3 blocks"):
+        dit(x, t, ctx, features=3)
+
+
+def test_shape_weight_adds_the_shape_map_loss_and_exports_without_its_head(
+    tmp_path, capsys, micro_dit
+):
+    """train.shape_weight: the same seed, clips and noise; the head's loss comes on top, and
+    the head stays in the run's checkpoints."""
+    from kinetoscope.pretrained import dit_text_weights
+
+    base = ["model.stage=dit", "model.vae=micro", "model.dit=micro", "model.text=micro",
+            "data.buckets=[[5,16,16]]", "data.image_share=0.0", "data.num_workers=0",
+            "data.max_batch_size=2", "train.steps=1", "train.sample_every=1000"]  # fmt: skip
+    for name, w in (("plain", 0.0), ("shapes", 1.0)):  # micro has one block: block 0
+        args = [*base, f"train.shape_weight={w}", "train.shape_block=0",
+                f"train.out={tmp_path / name}"]  # fmt: skip
+        assert main(["train", "/dev/null", *args]) == 0
+    plain, shaped = (read_metrics(tmp_path / n)[0]["loss"] for n in ("plain", "shapes"))
+    assert shaped > plain + 0.5  # a fresh 4-way head: about log 4 more
+    tensors = C.load_checkpoint(tmp_path / "shapes")[0]["model"]
+    assert tensors["shape_head.1.weight"].shape[0] == 4
+    dit, text = dit_text_weights(tmp_path / "shapes")
+    assert dit.keys() == dit_text_weights(tmp_path / "plain")[0].keys()
+
+    for bad, msg in (
+        ("train.shape_block=1", "train.shape_block must name one of the DiT's"),
+        ("data.latent_cache=somewhere", "train.shape_weight needs the object masks"),
+    ):
+        args = [*base, "train.shape_weight=1", bad, f"train.out={tmp_path / 'bad'}"]
+        assert main(["train", "/dev/null", *args]) == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+
+
 def test_the_dit_learns_to_follow_its_text():
     """Two captions, two clips: after a short training each caption samples its own clip."""
     from kinetoscope.diffusion.flow import flow_loss

@@ -31,7 +31,7 @@ _BUCKET_STREAM, _SAMPLE_STREAM, _PAIR_STREAM = 1, 2, 3
 
 class ShapeWorldClips(IterableDataset):
     """Yields batches {video [B,3,T,H,W] in [-1,1], caption [B], scene [B], index j, bucket}, and
-    with `coverage` also coverage [B,T,H,W]: the objects' share of each pixel, 0..255 (uint8);
+    with `coverage` also coverage [B,S,T,H,W]: each shape's share of each pixel, 0..255 (uint8);
     with `pair_keys` also pair: the one-object clips rendered again, the same in all but one of
     those object attributes (`scene.swap`; the same render and caption seeds), with captions.
 
@@ -80,7 +80,7 @@ class ShapeWorldClips(IterableDataset):
 
         `tokens`: `latent_tokens`' keyword arguments for the recipe's presets (default 8x VAE,
         2x2 patches), which turn `data.tokens_per_batch` into each bucket's batch size."""
-        d = cfg.data
+        d, t = cfg.data, cfg.train
         buckets = make_buckets(d.bucket_list())
         kw = tokens or {}
         sizes = [batch_size_for(b, d.tokens_per_batch, d.max_batch_size, **kw) for b in buckets]
@@ -95,8 +95,8 @@ class ShapeWorldClips(IterableDataset):
             world_size=world_size,
             start=start,
             simple_share=d.simple_share,
-            # only the object-weighted and paired losses read these
-            coverage=cfg.train.object_weight > 0 or cfg.train.pair_weight > 0,
+            # only the object-weighted, paired and shape-map losses read these
+            coverage=any(w > 0 for w in (t.object_weight, t.pair_weight, t.shape_weight)),
             pair_keys=cfg.train.pair_keys if cfg.train.pair_weight > 0 else (),
         )
 
@@ -120,8 +120,9 @@ class ShapeWorldClips(IterableDataset):
 
     def sample(self, j: int, k: int) -> dict:
         """Returns sample k of global batch j: {video [3,T,H,W] in [-1,1], caption, scene}, with
-        `coverage` also coverage [T,H,W] uint8, with `pair_keys` also pair: the same clip
-        (render and caption seeds) after one of those attributes is changed, or None."""
+        `coverage` also coverage [S,T,H,W] uint8 (a map per shape), with `pair_keys` also pair:
+        the same clip (render and caption seeds) after one of those attributes is changed, or
+        None."""
         b = self.buckets[self.bucket_of(j)]
         scene, render_seed, caption_seed = self.scene(j, k)
         out = self._clip(scene, b, render_seed, caption_seed)
@@ -182,7 +183,7 @@ def collate(samples: list[dict], keep: tuple[str, ...] = ()) -> dict:
     """Returns the samples' video (and coverage) stacked, captions (and `keep`) as lists."""
     out = {"video": torch.stack([s["video"] for s in samples])}  # [B, 3, T, H, W]
     if "coverage" in samples[0]:
-        out["coverage"] = torch.stack([s["coverage"] for s in samples])  # [B, T, H, W]
+        out["coverage"] = torch.stack([s["coverage"] for s in samples])  # [B, S, T, H, W]
     for key in ("caption", *keep):
         out[key] = [s[key] for s in samples]
     return out

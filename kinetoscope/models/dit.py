@@ -329,11 +329,14 @@ class DiT(nn.Module):
         context: torch.Tensor,  # [B, L, text_dim]
         context_mask: torch.Tensor | None = None,  # [B, L] bool, True = real token
         cache: dict | None = None,
-    ) -> torch.Tensor:
+        features: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Returns the velocity. `cache`: a dict kept across calls that share one context (a
         sampler's steps); the first call stores every block's cross-attention keys and values of
         the embedded context in it, later calls reuse them (same numbers, less work). The cache
-        never reaches the blocks, so compiled blocks do not recompile for it.
+        never reaches the blocks, so compiled blocks do not recompile for it. `features`: a
+        block index; returns (velocity, that block's output tokens [B, N, D]), for a training
+        head that reads what the DiT holds midway (REPA's place).
         """
         cfg = self.cfg
         b, c, frames, height, width = x.shape
@@ -368,20 +371,26 @@ class DiT(nn.Module):
                 cache[self] = c, m, [block.cross_attn.kv(c) for block in self.blocks]
             context, context_mask, kvs = cache[self]
 
+        if features is not None and not 0 <= features < len(self.blocks):
+            raise ValueError(f"features must name one of {len(self.blocks)} blocks, got {features}")
         rope = rope_freqs_3d(cfg.head_dim, grid, cfg.rope_theta, x.device)
-        for block, kv in zip(self.blocks, kvs):
+        hidden = None
+        for i, (block, kv) in enumerate(zip(self.blocks, kvs)):
             if cfg.grad_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(block, x, e0, context, context_mask, rope, kv, use_reentrant=False)
             else:
                 x = block(x, e0, context, context_mask, rope, kv)
+            if i == features:
+                hidden = x
 
         x = self.head(x, e)  # [B, N, pt*ph*pw*C]
         # Wan orders each token's outputs (pt, ph, pw, C): C varies fastest.
-        return rearrange(
+        v = rearrange(
             x,
             "b (t h w) (p q r c) -> b c (t p) (h q) (w r)",
             t=grid[0], h=grid[1], w=grid[2], p=pt, q=ph, r=pw,
         )  # fmt: skip
+        return v if features is None else (v, hidden)
 
     def _pad_context(self, context, mask):
         """Return context zero-padded to cfg.text_len (Wan's convention) and the mask to match."""

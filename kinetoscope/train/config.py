@@ -135,6 +135,14 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     pair_weight: float = 0.0
     pair_keys: list[str] = field(default_factory=lambda: ["shape"])
     pair_t_min: float = 0.0
+    # dit stage: weight of a shape map read from the DiT's tokens after block `shape_block`
+    # (a linear head, kept in the run's checkpoints, not exported): each token's share of
+    # background and of each shape (the renderer's masks over the token's pixels), soft
+    # cross-entropy over the frames not given. REPA's idea with the world's labels for features:
+    # at high t the noisy latents hardly show the shape, so the tokens must take it from the
+    # words. Needs the masks: ShapeWorld clips rendered in the loop.
+    shape_weight: float = 0.0
+    shape_block: int = 2
     # Relative weight of each frame condition drawn for dit-stage samples (names as
     # diffusion/conditioning.py's KINDS; a kind left out of the mapping has weight 0): one
     # model learns text-to-video (none), image-to-video (first_frame), extension (prefix,
@@ -373,12 +381,15 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.pair_weight >= 0.0, f"train.pair_weight must be >= 0, got {t.pair_weight}")
     _check(bool(t.pair_keys) or not t.pair_weight, "train.pair_keys must name an attribute")
     _check(0.0 <= t.pair_t_min < 1.0, f"train.pair_t_min must be in [0, 1), got {t.pair_t_min}")
+    _check(t.shape_weight >= 0.0, f"train.shape_weight must be >= 0, got {t.shape_weight}")
+    _check(t.shape_block >= 0, f"train.shape_block must be >= 0, got {t.shape_block}")
     for name in t.pair_keys:
         _choice("train.pair_keys", name, OBJECT_KEYS)
     needs_scenes = (
         ("read_weight", "the scenes"),
         ("object_weight", "the object masks"),
         ("pair_weight", "the scenes and object masks"),
+        ("shape_weight", "the object masks"),
     )
     for key, needs in needs_scenes:
         if getattr(t, key):

@@ -45,26 +45,49 @@ class TextToVideo(nn.Module):
     """The DiT and its byte-level text encoder as one trainable module (one DDP/FSDP unit).
 
     With `read` (train.read_weight > 0) it also holds the text stage's reading head, which goes
-    on reading each caption's scene from the encoder's output; runs export the DiT and the
-    encoder only, so the head stays in the run's checkpoints."""
+    on reading each caption's scene from the encoder's output; with `shape_block` (train.
+    shape_weight > 0) a head reading each token's shape map from that DiT block's output. Runs
+    export the DiT and the encoder only, so the heads stay in the run's checkpoints."""
 
-    def __init__(self, dit: nn.Module, text: nn.Module, read: bool = False) -> None:
+    def __init__(
+        self, dit: nn.Module, text: nn.Module, read: bool = False, shape_block: int | None = None
+    ) -> None:
         super().__init__()
         self.dit, self.text = dit, text
         if read:
             from kinetoscope.train.read_captions import OUTPUTS
 
             self.reader = nn.Linear(2 * text.dim, OUTPUTS)
+        self.shape_block = shape_block
+        if shape_block is not None:
+            from kinetoscope.models.layers import LayerNorm32
+            from kinetoscope.world.scene import SHAPES
 
-    def forward(self, x_t, t, ids, ids_mask, read: torch.Tensor | None = None):
+            if not 0 <= shape_block < len(dit.blocks):
+                raise UserError(f"train.shape_block must name one of the DiT's "
+                                f"{len(dit.blocks)} blocks (0-{len(dit.blocks) - 1}), got "
+                                f"{shape_block}")  # fmt: skip
+            self.shape_head = nn.Sequential(
+                LayerNorm32(dit.cfg.dim, elementwise_affine=False),
+                nn.Linear(dit.cfg.dim, 1 + len(SHAPES)),
+            )
+
+    def forward(self, x_t, t, ids, ids_mask, read: torch.Tensor | None = None, shapes=False):
         """Returns velocity [B, C, T, H, W]; text goes in as byte ids so it trains with the DiT.
-        With `read` ([B] bool, the captions to read), returns (velocity, the reading head's
-        logits [read.sum(), OUTPUTS]), in one call so that DDP and FSDP see every parameter."""
+        With `read` ([B] bool, the captions to read) or `shapes`, returns (velocity, heads):
+        heads["read"] the reading head's logits [read.sum(), OUTPUTS], heads["shapes"] the
+        shape head's logits [B, N, 1 + shapes] per token (background first), in one call so
+        that DDP and FSDP see every parameter."""
         context = self.text.encode_ids(ids, ids_mask)  # [B, L, D]
-        v = self.dit(x_t, t, context, ids_mask)
-        if read is None:
-            return v
-        return v, self.reader(pool_text(context[read], ids_mask[read]))
+        heads = {}
+        if shapes:
+            v, hidden = self.dit(x_t, t, context, ids_mask, features=self.shape_block)
+            heads["shapes"] = self.shape_head(hidden)
+        else:
+            v = self.dit(x_t, t, context, ids_mask)
+        if read is not None:
+            heads["read"] = self.reader(pool_text(context[read], ids_mask[read]))
+        return (v, heads) if heads else v
 
 
 def make_model_fn(cfg: TrainConfig):
@@ -89,7 +112,9 @@ def make_model_fn(cfg: TrainConfig):
             from kinetoscope.train.read_captions import CaptionReader
 
             return CaptionReader(text)
-        return TextToVideo(DiT(dit_model_config(cfg)), text, read=cfg.train.read_weight > 0)
+        t = cfg.train
+        shape_block = t.shape_block if t.shape_weight > 0 else None
+        return TextToVideo(DiT(dit_model_config(cfg)), text, t.read_weight > 0, shape_block)
 
     return make
 
@@ -413,8 +438,8 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
     known = random_condition(b, t_lat, g, probs).to(device)  # [B, T] True = given clean
     noise = frame_noise(x0.shape, g, cfg.train.noise_corr).to(device)
 
-    def cover_of(masks: torch.Tensor) -> torch.Tensor:  # uint8 [B, T, H, W] -> the latent grid
-        return latent_coverage(masks.to(device).float() / 255, x0.shape[2:])
+    def cover_of(masks: torch.Tensor) -> torch.Tensor:  # uint8 [B, S, T, H, W] -> latent grid
+        return latent_coverage(masks.to(device).amax(1).float() / 255, x0.shape[2:])
 
     weight = cover = None
     if cfg.train.object_weight or cfg.train.pair_weight:
@@ -437,14 +462,16 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
         t_pair = cfg.train.pair_t_min + (1 - cfg.train.pair_t_min) * t[pick]
         t, known = torch.cat([t, t_pair, t_pair]), torch.cat([known, known[pick], known[pick]])
     ids, ids_mask = io.model.text.tokenize(captions)
-    model, logits = forward, []
-    read_w = cfg.train.read_weight
+    model, heads = forward, {}
+    read_w, shape_w = cfg.train.read_weight, cfg.train.shape_weight
+    read = None
     if read_w and not drop.all():  # the head reads the scenes of the captions kept
         read = torch.cat([~drop, torch.zeros(2 * len(rows), dtype=torch.bool)]).to(device)
+    if read is not None or shape_w:
 
         def model(*args):
-            v, out = forward(*args, read=read)
-            logits.append(out)
+            v, out = forward(*args, read=read, shapes=shape_w > 0)
+            heads.update(out)
             return v
 
     err, unknown = velocity_error(model, x0, t, noise, ids, ids_mask, FrameCondition(known, x0))
@@ -453,13 +480,40 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
         n = len(rows)  # (the noise both share cancels) is what the words alone must tell apart
         gap = err[b : b + n] - err[b + n :] + (ones - twins)
         loss = loss + cfg.train.pair_weight * error_loss(gap, unknown[b : b + n], 0, both)
-    if logits:
+    if "read" in heads:
         from kinetoscope.train.read_captions import scene_loss
         from kinetoscope.world.scene import Scene
 
         scenes = [Scene.from_dict(s) for s, d in zip(batch["scene"], drop.tolist()) if not d]
-        loss = loss + read_w * scene_loss(logits[0], scenes)
+        loss = loss + read_w * scene_loss(heads["read"], scenes)
+    if shape_w:
+        grid = [n // p for n, p in zip(x0.shape[2:], io.model.dit.cfg.patch_size)]
+        cover = batch["coverage"].to(device).float() / 255  # [B, S, T, H, W]
+        target = shape_map(cover, tuple(grid))  # [B, 1 + S, t, h, w]
+        loss = loss + shape_w * shape_map_loss(heads["shapes"][:b], target, unknown[:b])
     return loss
+
+
+def shape_map(cover: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Returns each token's shape map [B, 1 + S, t, h, w]: the share of its pixels that are
+    background and that each shape covers (summing to 1), from the renderer's per-shape
+    coverage `cover` [B, S, T, H, W] (0..1) on a token grid `grid` (t, h, w) (each token's
+    pixels averaged, the most of its frames kept, as `latent_coverage` does)."""
+    b, s = cover.shape[:2]
+    shapes = latent_coverage(cover.flatten(0, 1), grid).view(b, s, *grid)
+    background = (1 - shapes.sum(1, keepdim=True)).clamp(min=0)
+    both = torch.cat([background, shapes], 1)
+    return both / both.sum(1, keepdim=True)  # where shapes overlap, their shares sum past 1
+
+
+def shape_map_loss(logits: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor):
+    """Returns the soft cross-entropy of the shape head's `logits` [B, N, K] (N = t*h*w tokens)
+    against the shape map `target` [B, K, t, h, w], over the frames in `unknown` [B, t]."""
+    b, k, frames = target.shape[:3]
+    want = target.flatten(2).transpose(1, 2)  # [B, N, K], tokens in (t h w) order
+    ce = -(want * torch.log_softmax(logits.float(), -1)).sum(-1).view(b, frames, -1)
+    keep = unknown[:, :, None].expand_as(ce)
+    return ce[keep].mean() if keep.any() else ce.sum() * 0
 
 
 def latent_coverage(cover: torch.Tensor, latent: tuple[int, int, int]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from kinetoscope.video import Video
-from kinetoscope.world.scene import OBJECT_KEYS, SCENE_KEYS, VOCAB, Obj, Scene
+from kinetoscope.world.scene import OBJECT_KEYS, SCENE_KEYS, SHAPES, VOCAB, Obj, Scene
 
 # Object colours: saturated and bright, far in RGB from every background (which are muted or,
 # at night, dark), so a pixel's nearest palette colour tells the judge what it belongs to.
@@ -301,8 +301,9 @@ def render(
 
     Deterministic: the same arguments give the same pixels; `seed` only changes texture
     details. Raises ValueError on a partial scene or a bad size. With `coverage`, returns
-    (video, float32 [T, H, W]): the share of each pixel that objects cover (their antialiased
-    alpha, the largest where objects overlap), the mask of where the objects are.
+    (video, float32 [len(SHAPES), T, H, W]): the share of each pixel that objects of each shape
+    cover (their antialiased alpha, the largest where objects overlap); `.max(0)` is the mask
+    of where the objects are.
     """
     _check(scene, width, height, frames, fps)
     s = float(min(width, height))  # pixels per world unit
@@ -345,7 +346,7 @@ def render(
         out[k] = rows[:, a] * (1 - b) + rows[:, a + 1] * b
 
     stage = (sw, sh)
-    cover = np.zeros((frames, height, width), np.float32) if coverage else None
+    cover = np.zeros((len(SHAPES), frames, height, width), np.float32) if coverage else None
     for obj in sorted(scene.objects, key=lambda o: o.depth or 0):
         color = np.asarray(PALETTE[obj.color], np.float32)
         ox, oy = object_path(obj, t, stage, pan)
@@ -367,7 +368,8 @@ def render(
             box = out[k, y0:y1, x0:x1]
             box += alpha * (color - box)
             if cover is not None:
-                np.maximum(cover[k, y0:y1, x0:x1], alpha[..., 0], out=cover[k, y0:y1, x0:x1])
+                c = cover[SHAPES.index(obj.shape), k, y0:y1, x0:x1]
+                np.maximum(c, alpha[..., 0], out=c)
 
     frames_u8 = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     video = Video(frames_u8, fps=fps, metadata={"scene": scene.to_dict(), "seed": seed})
