@@ -513,6 +513,12 @@ def test_shape_map_shares_each_token_between_background_and_the_shapes():
     only0, only1 = torch.tensor([[True, False]]), torch.tensor([[False, True]])
     assert shape_map_loss(mixed, got, only0) < 0.01 < shape_map_loss(mixed, got, only1)
     assert shape_map_loss(mixed, got, torch.zeros(1, 2, dtype=torch.bool)) == 0
+    # Which shape counts on its own: an object right as an object but the wrong shape costs
+    # the second term's full cross-entropy (log 1e6 = 13.8), not only its 1/4 share of the
+    # first term's mean over frame 0's 4 tokens (3.5).
+    swapped = right.clone()
+    swapped[0, 0, [2, 3]] = swapped[0, 0, [3, 2]]  # token (0, 0, 0): square -> triangle
+    assert shape_map_loss(swapped, got, only0) > 13
 
 
 def test_dit_features_are_the_tokens_after_the_named_block():

@@ -507,13 +507,26 @@ def shape_map(cover: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
 
 
 def shape_map_loss(logits: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor):
-    """Returns the soft cross-entropy of the shape head's `logits` [B, N, K] (N = t*h*w tokens)
-    against the shape map `target` [B, K, t, h, w], over the frames in `unknown` [B, t]."""
+    """Returns the shape head's loss over the frames in `unknown` [B, t]: the soft cross-entropy
+    of its `logits` [B, N, K] (N = t*h*w tokens, background first) against the shape map
+    `target` [B, K, t, h, w], averaged over the tokens, plus the cross-entropy of which shape
+    (the shapes' logits alone against the shapes' shares) averaged over the objects, each token
+    weighed by its object share. Objects are a few percent of the tokens: in the first term
+    which shape they are is drowned by where the background is, and it is what the head is for.
+    """
     b, k, frames = target.shape[:3]
     want = target.flatten(2).transpose(1, 2)  # [B, N, K], tokens in (t h w) order
-    ce = -(want * torch.log_softmax(logits.float(), -1)).sum(-1).view(b, frames, -1)
+    logits = logits.float()
+    ce = -(want * torch.log_softmax(logits, -1)).sum(-1).view(b, frames, -1)
     keep = unknown[:, :, None].expand_as(ce)
-    return ce[keep].mean() if keep.any() else ce.sum() * 0
+    if not keep.any():
+        return ce.sum() * 0
+    obj = want[..., 1:].sum(-1, keepdim=True)  # [B, N, 1] the token's object share
+    which = want[..., 1:] / obj.clamp(min=1e-6)
+    ce_shape = -(which * torch.log_softmax(logits[..., 1:], -1)).sum(-1).view(b, frames, -1)
+    w = obj.view(b, frames, -1) * keep
+    loss = ce[keep].mean()
+    return loss + (w * ce_shape).sum() / w.sum() if w.sum() > 0 else loss
 
 
 def latent_coverage(cover: torch.Tensor, latent: tuple[int, int, int]) -> torch.Tensor:
