@@ -137,8 +137,9 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     pair_t_min: float = 0.0
     # dit stage: weight of a shape map read from the DiT's tokens after block `shape_block`
     # (a linear head, kept in the run's checkpoints, not exported): each token's share of
-    # background and of each shape (the renderer's masks over the token's pixels), soft
-    # cross-entropy over the frames not given. REPA's idea with the world's labels for features:
+    # background and of each shape (the renderer's masks over the token's pixels): its soft
+    # cross-entropy over the tokens, plus that of which shape over the objects' tokens, on the
+    # frames not given (trainer.shape_map_loss). REPA's idea with the world's labels for features:
     # at high t the noisy latents hardly show the shape, so the tokens must take it from the
     # words. Needs the masks: ShapeWorld clips rendered in the loop.
     shape_weight: float = 0.0

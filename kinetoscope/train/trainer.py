@@ -76,7 +76,7 @@ class TextToVideo(nn.Module):
         """Returns velocity [B, C, T, H, W]; text goes in as byte ids so it trains with the DiT.
         With `read` ([B] bool, the captions to read) or `shapes`, returns (velocity, heads):
         heads["read"] the reading head's logits [read.sum(), OUTPUTS], heads["shapes"] the
-        shape head's logits [B, N, 1 + shapes] per token (background first), in one call so
+        shape head's logits [B, N, 1 + len(SHAPES)] per token (background first), in one call so
         that DDP and FSDP see every parameter."""
         context = self.text.encode_ids(ids, ids_mask)  # [B, L, D]
         heads = {}
