@@ -159,16 +159,16 @@ def error_loss(
     err: Tensor, unknown: Tensor, temporal_weight: float = 0.0, weight: Tensor | None = None
 ) -> Tensor:
     """Returns `flow_loss` of a velocity error `err` [B, C, T, H, W] over `unknown` [B, T]."""
-    loss = _masked_mean(err.square(), unknown, weight)
+    loss = masked_mean(err.square(), unknown, weight)
     if temporal_weight and err.shape[2] > 1:
         both = unknown[:, 1:] & unknown[:, :-1]  # [B, T - 1]: pairs of unknown frames
         known_zero = torch.where(unknown[:, None, :, None, None], err, 0.0)  # no NaN leaks in
         change = known_zero[:, :, 1:] - known_zero[:, :, :-1]
-        loss = loss + temporal_weight * _masked_mean(change.square(), both)
+        loss = loss + temporal_weight * masked_mean(change.square(), both)
     return loss
 
 
-def _masked_mean(sq: Tensor, frames: Tensor, weight: Tensor | None = None) -> Tensor:
+def masked_mean(sq: Tensor, frames: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean of `sq` [B, C, T, H, W] over the frames where `frames` [B, T] is True (0 if none),
     weighted by `weight` (broadcastable to [B, 1, T, H, W]) when given."""
     w = frames[:, None, :, None, None]  # [B, 1, T, 1, 1]

@@ -514,19 +514,17 @@ def shape_map_loss(logits: torch.Tensor, target: torch.Tensor, unknown: torch.Te
     weighed by its object share. Objects are a few percent of the tokens: in the first term
     which shape they are is drowned by where the background is, and it is what the head is for.
     """
-    b, k, frames = target.shape[:3]
+    from kinetoscope.diffusion.flow import masked_mean
+
+    b, grid = target.shape[0], target.shape[2:]
     want = target.flatten(2).transpose(1, 2)  # [B, N, K], tokens in (t h w) order
     logits = logits.float()
-    ce = -(want * torch.log_softmax(logits, -1)).sum(-1).view(b, frames, -1)
-    keep = unknown[:, :, None].expand_as(ce)
-    if not keep.any():
-        return ce.sum() * 0
-    obj = want[..., 1:].sum(-1, keepdim=True)  # [B, N, 1] the token's object share
-    which = want[..., 1:] / obj.clamp(min=1e-6)
-    ce_shape = -(which * torch.log_softmax(logits[..., 1:], -1)).sum(-1).view(b, frames, -1)
-    w = obj.view(b, frames, -1) * keep
-    loss = ce[keep].mean()
-    return loss + (w * ce_shape).sum() / w.sum() if w.sum() > 0 else loss
+    ce = -(want * torch.log_softmax(logits, -1)).sum(-1)  # [B, N]
+    obj = want[..., 1:].sum(-1)  # [B, N] the token's object share
+    which = want[..., 1:] / obj[..., None].clamp(min=1e-6)
+    ce_shape = -(which * torch.log_softmax(logits[..., 1:], -1)).sum(-1)
+    on_grid = lambda x: x.view(b, 1, *grid)  # [B, 1, t, h, w], as masked_mean takes it
+    return masked_mean(on_grid(ce), unknown) + masked_mean(on_grid(ce_shape), unknown, on_grid(obj))
 
 
 def latent_coverage(cover: torch.Tensor, latent: tuple[int, int, int]) -> torch.Tensor:
