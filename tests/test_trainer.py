@@ -50,6 +50,9 @@ def test_run_writes_metrics_checkpoints_and_samples(tmp_path):
     recs = read_metrics(run)
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in recs)
+    for r in recs:  # the VAE's terms, before their weights: l1 + mse_weight x mse + 1e-6 x kl
+        want = r["loss_l1"] + cfg.train.mse_weight * r["loss_mse"] + 1e-6 * r["loss_kl"]
+        assert r["loss"] == pytest.approx(want, rel=1e-5)
     assert [s for s, _ in C.list_checkpoints(run)] == [2, 3]
     tensors, state = C.load_checkpoint(run)
     assert set(tensors) == {"model", "ema"} and state["step"] == 3
@@ -411,8 +414,9 @@ def test_read_weight_adds_a_reading_loss_and_exports_without_its_head(tmp_path, 
     for name, w in (("plain", 0.0), ("read", 1.0)):
         args = [*base, f"train.read_weight={w}", f"train.out={tmp_path / name}"]
         assert main(["train", "/dev/null", *args]) == 0
-    plain, read = (read_metrics(tmp_path / n)[0]["loss"] for n in ("plain", "read"))
-    assert read > plain + 0.5  # same seed, same clips and noise: the reading loss comes on top
+    plain, read = (read_metrics(tmp_path / n)[0] for n in ("plain", "read"))
+    assert read["loss"] > plain["loss"] + 0.5  # same seed, clips and noise: the reading loss on top
+    assert read["loss"] == pytest.approx(read["loss_flow"] + read["loss_read"], rel=1e-5)
     tensors = C.load_checkpoint(tmp_path / "read")[0]["model"]
     assert tensors["reader.weight"].shape[0] > 0
     dit, text = dit_text_weights(tmp_path / "read")
@@ -471,8 +475,11 @@ def test_pair_weight_adds_the_paired_clips_term(tmp_path, capsys, monkeypatch, m
     for name, w in (("plain", 0.0), ("pair", 100.0)):
         args = [*base, f"train.pair_weight={w}", f"train.out={tmp_path / name}"]
         assert main(["train", "/dev/null", *args]) == 0
-    plain, paired = (read_metrics(tmp_path / n)[0]["loss"] for n in ("plain", "pair"))
-    assert math.isfinite(paired) and paired > plain + 1e-3
+    plain, paired = (read_metrics(tmp_path / n)[0] for n in ("plain", "pair"))
+    assert math.isfinite(paired["loss"]) and paired["loss"] > plain["loss"] + 1e-3
+    assert paired["loss_flow"] == pytest.approx(plain["loss"], rel=1e-5)
+    want = paired["loss_flow"] + 100 * paired["loss_pair"]  # each term before its weight
+    assert paired["loss"] == pytest.approx(want, rel=1e-5)
 
     seen = []  # the t each row goes through the model at: the pairs' moved into [0.9, 1]
 
@@ -554,8 +561,12 @@ def test_shape_weight_adds_the_shape_map_loss_and_exports_without_its_head(
         args = [*base, f"train.shape_weight={w}", "train.shape_block=0",
                 f"train.out={tmp_path / name}"]  # fmt: skip
         assert main(["train", "/dev/null", *args]) == 0
-    plain, shaped = (read_metrics(tmp_path / n)[0]["loss"] for n in ("plain", "shapes"))
-    assert shaped > plain + 0.5  # a fresh 4-way head: about log 4 more
+    plain, shaped = (read_metrics(tmp_path / n)[0] for n in ("plain", "shapes"))
+    assert shaped["loss"] > plain["loss"] + 0.5  # a fresh 4-way head: about log 4 more
+    # metrics.jsonl logs each term before its weight where the loss has more than one
+    assert shaped["loss_flow"] == pytest.approx(plain["loss"], rel=1e-4)
+    assert shaped["loss"] == pytest.approx(shaped["loss_flow"] + shaped["loss_shape"], rel=1e-5)
+    assert not any(k.startswith("loss_") for k in plain)
     tensors = C.load_checkpoint(tmp_path / "shapes")[0]["model"]
     assert tensors["shape_head.1.weight"].shape[0] == 4
     dit, text = dit_text_weights(tmp_path / "shapes")

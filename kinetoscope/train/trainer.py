@@ -358,13 +358,25 @@ def step_generator(cfg: TrainConfig, j: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def vae_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig) -> torch.Tensor:
-    """Returns L1 (+ MSE) reconstruction + a small KL towards N(0, 1) for a batch of clips."""
+def vae_loss(
+    forward, batch, g: torch.Generator, device, cfg: TrainConfig, parts: dict | None = None
+) -> torch.Tensor:
+    """Returns L1 (+ MSE) reconstruction + a small KL towards N(0, 1) for a batch of clips;
+    adds each term (l1, mse, kl) to `parts`."""
     from kinetoscope.models import vae_loss as losses
 
     x = batch["video"].to(device)  # [B, 3, T, H, W]
     recon, mean, logvar = forward(x, generator=g)
-    return losses.vae_loss(x, recon, mean, logvar, 1e-6, cfg.train.mse_weight)["loss"]
+    out = losses.vae_loss(x, recon, mean, logvar, 1e-6, cfg.train.mse_weight)
+    _add_parts(parts, {k: out[k] for k in ("l1", "mse", "kl")})
+    return out["loss"]
+
+
+def _add_parts(parts: dict | None, terms: dict) -> None:
+    """Adds each loss term's value (a tensor or 0.0) to `parts` (what metrics.jsonl logs)."""
+    if parts is not None:
+        for k, v in terms.items():
+            parts[k] = parts.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
 
 
 @torch.no_grad()
@@ -410,9 +422,13 @@ class DiTInputs:
     model: TextToVideo  # the plain module (for tokenize)
 
 
-def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: DiTInputs):
+def dit_loss(
+    forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: DiTInputs, parts=None
+) -> torch.Tensor:
     """Returns the flow-matching loss of a batch: random t, text dropout, frame conditions; with
-    train.read_weight the reading loss, with train.pair_weight the paired clips' term."""
+    train.read_weight the reading loss, with train.pair_weight the paired clips' term, with
+    train.shape_weight the shape map's. Adds each term before its weight to `parts`: flow, and
+    pair / read / shape when their weight is on (0 on a step without them)."""
     from kinetoscope.diffusion.conditioning import ConditionProbs, FrameCondition, random_condition
     from kinetoscope.diffusion.flow import (
         error_loss,
@@ -475,22 +491,32 @@ def dit_loss(forward, batch, g: torch.Generator, device, cfg: TrainConfig, io: D
             return v
 
     err, unknown = velocity_error(model, x0, t, noise, ids, ids_mask, FrameCondition(known, x0))
-    loss = error_loss(err[:b], unknown[:b], cfg.train.temporal_weight, weight)
+    # Each term the config turns on is logged before its weight, 0 on a step without it, so
+    # every rank logs the same keys.
+    weights = {"pair": cfg.train.pair_weight, "read": read_w, "shape": shape_w}
+    terms = {"flow": error_loss(err[:b], unknown[:b], cfg.train.temporal_weight, weight)}
+    terms |= {k: 0.0 for k, w in weights.items() if w}
     if rows:  # each caption's error against its own clip is err + own - mid; their difference
         n = len(rows)  # (the noise both share cancels) is what the words alone must tell apart
         gap = err[b : b + n] - err[b + n :] + (ones - twins)
-        loss = loss + cfg.train.pair_weight * error_loss(gap, unknown[b : b + n], 0, both)
+        terms["pair"] = error_loss(gap, unknown[b : b + n], 0, both)
     if "read" in heads:
         from kinetoscope.train.read_captions import scene_loss
         from kinetoscope.world.scene import Scene
 
         scenes = [Scene.from_dict(s) for s, d in zip(batch["scene"], drop.tolist()) if not d]
-        loss = loss + read_w * scene_loss(heads["read"], scenes)
+        terms["read"] = scene_loss(heads["read"], scenes)
     if shape_w:
         grid = [n // p for n, p in zip(x0.shape[2:], io.model.dit.cfg.patch_size)]
         cover = batch["coverage"].to(device).float() / 255  # [B, S, T, H, W]
         target = shape_map(cover, tuple(grid))  # [B, 1 + S, t, h, w]
-        loss = loss + shape_w * shape_map_loss(heads["shapes"][:b], target, unknown[:b])
+        terms["shape"] = shape_map_loss(heads["shapes"][:b], target, unknown[:b])
+    if len(terms) > 1:
+        _add_parts(parts, terms)
+    loss = terms["flow"]
+    for k, w in weights.items():
+        if w:
+            loss = loss + w * terms[k]
     return loss
 
 
@@ -740,15 +766,16 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         if m.stage == "dit" and (not cfg.data.latent_cache or m.vae_path)
         else None
     )
+    parts: dict[str, float] = {}  # the step's loss terms, where the loss has more than one
     if cfg.model.stage == "vae":
-        loss_of = lambda batch, g: vae_loss(forward, batch, g, dev, cfg)
+        loss_of = lambda batch, g: vae_loss(forward, batch, g, dev, cfg, parts)
     elif cfg.model.stage == "text":
         from kinetoscope.train.read_captions import text_loss
 
         loss_of = lambda batch, g: text_loss(forward, model.encoder.tokenize, batch, dev)
     else:
         io = DiTInputs(vae, model)
-        loss_of = lambda batch, g: dit_loss(forward, batch, g, dev, cfg, io)
+        loss_of = lambda batch, g: dit_loss(forward, batch, g, dev, cfg, io, parts)
 
     run.mkdir(parents=True, exist_ok=True)
     writer = _tensorboard(run) if info.is_main else None
@@ -767,6 +794,7 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
         for group in opt.param_groups:
             group["lr"] = lr
         total = 0.0
+        parts.clear()
         for micro in range(o.grad_accum):
             read, batch = next(data)
             position += read - 1  # batches passed over (every clip unreadable)
@@ -784,15 +812,19 @@ def _train(cfg: TrainConfig, resume: bool, info: D.DistInfo, run: Path) -> Path:
             ema.update(model, done)
 
         loss_mean = D.all_mean(total, info)
+        terms = {k: D.all_mean(v / o.grad_accum, info) for k, v in parts.items()}
         if info.is_main:
             rec = {"step": done, "loss": loss_mean, "lr": lr,
                    "grad_norm": float(D.full_tensor(norm)), "position": position,
                    "time": round(time.perf_counter() - t0, 3)}  # fmt: skip
+            rec |= {f"loss_{k}": v for k, v in terms.items()}
             with open(run / METRICS, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if writer is not None:
                 writer.add_scalar("loss", loss_mean, done)
                 writer.add_scalar("lr", lr, done)
+                for k, v in terms.items():
+                    writer.add_scalar(f"loss_{k}", v, done)
             bar.update(1)
             if done % t.log_every == 0 or done == t.steps:
                 bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}")
