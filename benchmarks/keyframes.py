@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import warnings
 
 import numpy as np
@@ -77,6 +78,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.count is not None and args.count < 1:
         ap.error(f"--count must be >= 1, got {args.count}")
+    if args.shift is not None and not (math.isfinite(args.shift) and args.shift > 0):
+        ap.error(f"--shift must be > 0, got {args.shift}")
     try:
         with open(args.prompts) as f:
             prompts = [line.strip() for line in f if line.strip()]

@@ -78,6 +78,8 @@ class PipelineDefaults:
     def __post_init__(self) -> None:
         if not 0.0 <= self.noise_corr < 1.0:
             raise ValueError(f"noise_corr must be in [0, 1), got {self.noise_corr}")
+        if self.shift is not None and not (math.isfinite(self.shift) and self.shift > 0):
+            raise ValueError(f"shift must be > 0 (None: the trainer's rule), got {self.shift}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if not (self.overlap >= 1 and 2 * self.overlap + 1 <= self.window):

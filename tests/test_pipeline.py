@@ -252,6 +252,9 @@ def test_a_model_trained_on_correlated_noise_samples_from_it_seeded(pipe):
     assert not np.array_equal(a.frames, gen(pipe, frames=9).frames)  # other noise, other video
     with pytest.raises(ValueError, match="noise_corr must be in"):
         replace(pipe.defaults, noise_corr=1.0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="shift must be > 0"):
+            replace(pipe.defaults, shift=bad)
 
 
 def test_expanded_prompt_is_used_and_stored(pipe, tmp_path):
