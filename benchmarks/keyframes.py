@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -78,8 +78,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.count is not None and args.count < 1:
         ap.error(f"--count must be >= 1, got {args.count}")
-    if args.shift is not None and not (math.isfinite(args.shift) and args.shift > 0):
-        ap.error(f"--shift must be > 0, got {args.shift}")
     try:
         with open(args.prompts) as f:
             prompts = [line.strip() for line in f if line.strip()]
@@ -91,10 +89,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = Pipeline.from_pretrained(args.model)
-    if args.shift is not None:
-        pipe.defaults.shift = args.shift
-    if args.sampler is not None:
-        pipe.defaults.sampler = args.sampler
+    given = {k: getattr(args, k) for k in ("shift", "sampler") if getattr(args, k) is not None}
+    try:  # PipelineDefaults checks them (shift > 0)
+        pipe.defaults = replace(pipe.defaults, **given)
+    except ValueError as e:  # its messages start with the field's name
+        ap.error(f"--{e}")
     records, images = measure(pipe, prompts, args.steps, args.guidance)
     counts = confusions(records, "shape")
     s = summary(counts)
