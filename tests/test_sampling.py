@@ -6,14 +6,8 @@ from benchmark_scripts import load  # tests/ is on sys.path under pytest
 from torch import nn
 
 from kinetoscope.diffusion.conditioning import FrameCondition
-from kinetoscope.diffusion.sampling import (
-    guided_velocity,
-    invert,
-    make_noise,
-    sample,
-    sample_fn,
-    timesteps,
-)
+from kinetoscope.diffusion.flow import frame_noise
+from kinetoscope.diffusion.sampling import guided_velocity, invert, sample, sample_fn, timesteps
 
 # The closed-form Gaussian / mixture velocity fields live with the benchmark that reports them.
 bench = load("sampler")
@@ -22,6 +16,12 @@ STEPS = (2, 4, 8, 16, 32)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_noise(shape, seed):
+    """The pipeline's noise (`frame_noise`) from a seed or a generator."""
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    return frame_noise(shape, gen)
 
 
 @pytest.fixture(scope="module")

@@ -39,17 +39,6 @@ def timesteps(steps: int, shift: float = 1.0, start_t: float = 1.0) -> Tensor:
     return t
 
 
-def make_noise(
-    shape: tuple[int, ...],
-    seed: int | torch.Generator,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Returns N(0, I) noise drawn on CPU (same numbers on every device), then moved."""
-    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
-
-
 def _lam(t: float) -> float:
     """Returns the log signal-to-noise ratio log((1 - t) / t) of x_t (-inf at t=1, inf at t=0)."""
     if t <= 0.0:
