@@ -56,7 +56,7 @@ def measure(
 ) -> dict:
     """Returns {mode: {t: {column: loss ratio}}} for mode "text" and "first frame"; with
     `objects`, of the loss over the object's latent positions only."""
-    from kinetoscope.train.trainer import latent_coverage
+    from kinetoscope.train.objects import latent_coverage
 
     d = pipe.defaults
     with warnings.catch_warnings():

@@ -47,7 +47,7 @@ def measure(
     pipe: Pipeline, runs: int, times: list[float], keys=KEYS, seed: int = 77
 ) -> dict[float, dict[str, float | None]]:
     """Returns {t: {key: share of the twins' difference explained}} (None: no twin drawn)."""
-    from kinetoscope.train.trainer import latent_coverage
+    from kinetoscope.train.objects import latent_coverage
 
     d = pipe.defaults
     with warnings.catch_warnings():

@@ -58,6 +58,7 @@ def test_overrides_apply_with_types(tmp_path):
         ("train.ema_decay=1.0", "train.ema_decay must be in [0, 1)"),
         ("train.shift=0", "train.shift must be > 0 (or null)"),
         ("train.noise_corr=1", "train.noise_corr must be in [0, 1)"),
+        ("train.kl_weight=-1", "train.kl_weight must be >= 0"),
         ("train.temporal_weight=-1", "train.temporal_weight must be >= 0"),
         ("train.read_weight=-1", "train.read_weight must be >= 0"),
         ("train.object_weight=-1", "train.object_weight must be >= 0"),

@@ -45,13 +45,15 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr():
 
 
 def test_run_writes_metrics_checkpoints_and_samples(tmp_path):
-    cfg = cfg_for(tmp_path, "train.steps=3", "train.ckpt_every=2", "train.sample_every=3")
+    cfg = cfg_for(tmp_path, "train.steps=3", "train.ckpt_every=2", "train.sample_every=3",
+                  "train.kl_weight=0.01")  # fmt: skip
     run = train(cfg)
     recs = read_metrics(run)
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in recs)
-    for r in recs:  # the VAE's terms, before their weights: l1 + mse_weight x mse + 1e-6 x kl
-        want = r["loss_l1"] + cfg.train.mse_weight * r["loss_mse"] + 1e-6 * r["loss_kl"]
+    for r in recs:  # the VAE's terms, before their weights: l1 + mse_weight x mse + kl_weight x kl
+        t = cfg.train
+        want = r["loss_l1"] + t.mse_weight * r["loss_mse"] + t.kl_weight * r["loss_kl"]
         assert r["loss"] == pytest.approx(want, rel=1e-5)
     assert [s for s, _ in C.list_checkpoints(run)] == [2, 3]
     tensors, state = C.load_checkpoint(run)
@@ -430,7 +432,7 @@ def test_read_weight_adds_a_reading_loss_and_exports_without_its_head(tmp_path, 
 
 
 def test_latent_coverage_pools_the_mask_as_the_causal_vae_groups_frames():
-    from kinetoscope.train.trainer import latent_coverage
+    from kinetoscope.train.objects import latent_coverage
 
     cover = torch.zeros(2, 9, 16, 16)
     cover[0, 0, :8, :8] = 1.0  # frame 0: its own latent frame, a quarter covered in (0, 0)
@@ -501,7 +503,7 @@ def test_pair_weight_adds_the_paired_clips_term(tmp_path, capsys, monkeypatch, m
 
 
 def test_shape_map_shares_each_token_between_background_and_the_shapes():
-    from kinetoscope.train.trainer import shape_map, shape_map_loss
+    from kinetoscope.train.objects import shape_map, shape_map_loss
 
     cover = torch.zeros(1, 3, 5, 16, 16)  # [B, S, T, H, W]: circles, squares, triangles
     cover[0, 1, 0, :8, :8] = 1.0  # frame 0: a square fills token (0, 0)

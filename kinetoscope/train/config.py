@@ -109,6 +109,7 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # model's sampling default); 0 is independent noise per frame.
     noise_corr: float = 0.0
     mse_weight: float = 0.0  # vae stage: an MSE term beside L1, so small objects count
+    kl_weight: float = 1e-6  # vae stage: the KL term towards N(0, 1), kept small (a soft prior)
     # dit stage: weight of a loss on the velocity error's change from one latent frame to the
     # next (flow.flow_loss), which stresses what moves over the background every frame shares.
     temporal_weight: float = 0.0
@@ -139,7 +140,7 @@ class LoopConfig:  # the `train` section: the loop, its schedule and its outputs
     # (a linear head, kept in the run's checkpoints, not exported): each token's share of
     # background and of each shape (the renderer's masks over the token's pixels): its soft
     # cross-entropy over the tokens, plus that of which shape over the objects' tokens, on the
-    # frames not given (trainer.shape_map_loss). REPA's idea with the world's labels for features:
+    # frames not given (objects.shape_map_loss). REPA's idea with the world's labels for features:
     # at high t the noisy latents hardly show the shape, so the tokens must take it from the
     # words. Needs the masks: ShapeWorld clips rendered in the loop.
     shape_weight: float = 0.0
@@ -376,6 +377,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.shift is None or t.shift > 0, f"train.shift must be > 0 (or null), got {t.shift}")
     _check(0.0 <= t.noise_corr < 1.0, f"train.noise_corr must be in [0, 1), got {t.noise_corr}")
     _check(t.mse_weight >= 0.0, f"train.mse_weight must be >= 0, got {t.mse_weight}")
+    _check(t.kl_weight >= 0.0, f"train.kl_weight must be >= 0, got {t.kl_weight}")
     _check(t.temporal_weight >= 0.0, f"train.temporal_weight must be >= 0, got {t.temporal_weight}")
     _check(t.read_weight >= 0.0, f"train.read_weight must be >= 0, got {t.read_weight}")
     _check(t.object_weight >= 0.0, f"train.object_weight must be >= 0, got {t.object_weight}")

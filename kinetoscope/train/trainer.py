@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from kinetoscope.errors import UserError
 from kinetoscope.models.layers import pool_text
@@ -34,6 +33,7 @@ from kinetoscope.train.checkpoint import (
 )
 from kinetoscope.train.config import TrainConfig
 from kinetoscope.train.ema import EMA
+from kinetoscope.train.objects import latent_coverage, shape_map, shape_map_loss
 
 METRICS = "metrics.jsonl"
 
@@ -249,6 +249,8 @@ def build_cache(cfg: TrainConfig, num_samples: int, device: str | None = None) -
     if num_samples < 1:
         raise UserError(f"--samples must be >= 1, got {num_samples}")
     info = D.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device(device or "cpu"))
+    if info.device.type == "cpu":
+        _keep_freed_memory()
     vae = load_frozen_vae(cfg, info.device)
     data = replace(cfg, data=replace(cfg.data, latent_cache=None))  # the source, not the cache
 
@@ -361,22 +363,25 @@ def step_generator(cfg: TrainConfig, j: int, rank: int) -> torch.Generator:
 def vae_loss(
     forward, batch, g: torch.Generator, device, cfg: TrainConfig, parts: dict | None = None
 ) -> torch.Tensor:
-    """Returns L1 (+ MSE) reconstruction + a small KL towards N(0, 1) for a batch of clips;
-    adds each term (l1, mse, kl) to `parts`."""
+    """Returns L1 (+ MSE) reconstruction + a small KL towards N(0, 1) (train.kl_weight) for a
+    batch of clips; adds each term (l1, mse, kl) to `parts`."""
     from kinetoscope.models import vae_loss as losses
 
     x = batch["video"].to(device)  # [B, 3, T, H, W]
     recon, mean, logvar = forward(x, generator=g)
-    out = losses.vae_loss(x, recon, mean, logvar, 1e-6, cfg.train.mse_weight)
+    out = losses.vae_loss(x, recon, mean, logvar, cfg.train.kl_weight, cfg.train.mse_weight)
     _add_parts(parts, {k: out[k] for k in ("l1", "mse", "kl")})
     return out["loss"]
 
 
 def _add_parts(parts: dict | None, terms: dict) -> None:
     """Adds each loss term's value (a tensor or 0.0) to `parts` (what metrics.jsonl logs)."""
-    if parts is not None:
-        for k, v in terms.items():
-            parts[k] = parts.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
+    if parts is None:
+        return
+    tensors = [v.detach().float() for v in terms.values() if torch.is_tensor(v)]
+    values = iter(torch.stack(tensors).tolist() if tensors else [])  # one device sync for all
+    for k, v in terms.items():
+        parts[k] = parts.get(k, 0.0) + (next(values) if torch.is_tensor(v) else float(v))
 
 
 @torch.no_grad()
@@ -454,12 +459,16 @@ def dit_loss(
     known = random_condition(b, t_lat, g, probs).to(device)  # [B, T] True = given clean
     noise = frame_noise(x0.shape, g, cfg.train.noise_corr).to(device)
 
-    def cover_of(masks: torch.Tensor) -> torch.Tensor:  # uint8 [B, S, T, H, W] -> latent grid
-        return latent_coverage(masks.to(device).amax(1).float() / 255, x0.shape[2:])
+    def shares(masks: torch.Tensor) -> torch.Tensor:  # uint8 [B, S, T, H, W] -> 0..1 floats
+        return masks.to(device).float() / 255
+
+    def cover_of(shares: torch.Tensor) -> torch.Tensor:  # all shapes' coverage on the latents
+        return latent_coverage(shares.amax(1), x0.shape[2:])
 
     weight = cover = None
+    per_shape = shares(batch["coverage"]) if "coverage" in batch else None
     if cfg.train.object_weight or cfg.train.pair_weight:
-        cover = cover_of(batch["coverage"])
+        cover = cover_of(per_shape)
     if cfg.train.object_weight:
         weight = 1 + cfg.train.object_weight * cover
     # Pairs: each clip whose caption was kept and its twin (one word changed) are averaged,
@@ -471,7 +480,7 @@ def dit_loss(
     pick = torch.tensor([pair["index"][n] for n in rows], dtype=torch.long, device=device)
     if rows:
         ones, twins = x0[pick], latents(pair["video"][rows])
-        both = torch.maximum(cover[pick], cover_of(pair["coverage"][rows]))
+        both = torch.maximum(cover[pick], cover_of(shares(pair["coverage"][rows])))
         captions += [captions[i] for i in pick.tolist()] + [pair["caption"][n] for n in rows]
         mid = (ones + twins) / 2
         x0, noise = torch.cat([x0, mid, mid]), torch.cat([noise, noise[pick], noise[pick]])
@@ -508,8 +517,7 @@ def dit_loss(
         terms["read"] = scene_loss(heads["read"], scenes)
     if shape_w:
         grid = [n // p for n, p in zip(x0.shape[2:], io.model.dit.cfg.patch_size)]
-        cover = batch["coverage"].to(device).float() / 255  # [B, S, T, H, W]
-        target = shape_map(cover, tuple(grid))  # [B, 1 + S, t, h, w]
+        target = shape_map(per_shape, tuple(grid))  # [B, 1 + S, t, h, w]
         terms["shape"] = shape_map_loss(heads["shapes"][:b], target, unknown[:b])
     if len(terms) > 1:
         _add_parts(parts, terms)
@@ -518,60 +526,6 @@ def dit_loss(
         if w:
             loss = loss + w * terms[k]
     return loss
-
-
-def shape_map(cover: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Returns each token's shape map [B, 1 + S, t, h, w]: the share of its pixels that are
-    background and that each shape covers (summing to 1), from the renderer's per-shape
-    coverage `cover` [B, S, T, H, W] (0..1) on a token grid `grid` (t, h, w) (each token's
-    pixels averaged, the most of its frames kept, as `latent_coverage` does)."""
-    b, s = cover.shape[:2]
-    shapes = latent_coverage(cover.flatten(0, 1), grid).view(b, s, *grid)
-    background = (1 - shapes.sum(1, keepdim=True)).clamp(min=0)
-    both = torch.cat([background, shapes], 1)
-    return both / both.sum(1, keepdim=True)  # where shapes overlap, their shares sum past 1
-
-
-def shape_map_loss(logits: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor):
-    """Returns the shape head's loss over the frames in `unknown` [B, t]: the soft cross-entropy
-    of its `logits` [B, N, K] (N = t*h*w tokens, background first) against the shape map
-    `target` [B, K, t, h, w], averaged over the tokens, plus the cross-entropy of which shape
-    (the shapes' logits alone against the shapes' shares) averaged over the objects, each token
-    weighed by its object share. Objects are a few percent of the tokens: in the first term
-    which shape they are is drowned by where the background is, and it is what the head is for.
-    """
-    from kinetoscope.diffusion.flow import masked_mean
-
-    b, grid = target.shape[0], target.shape[2:]
-    want = target.flatten(2).transpose(1, 2)  # [B, N, K], tokens in (t h w) order
-    logits = logits.float()
-    ce = -(want * torch.log_softmax(logits, -1)).sum(-1)  # [B, N]
-    obj = want[..., 1:].sum(-1)  # [B, N] the token's object share
-    which = want[..., 1:] / obj[..., None].clamp(min=1e-6)
-    ce_shape = -(which * torch.log_softmax(logits[..., 1:], -1)).sum(-1)
-    on_grid = lambda x: x.view(b, 1, *grid)  # [B, 1, t, h, w], as masked_mean takes it
-    return masked_mean(on_grid(ce), unknown) + masked_mean(on_grid(ce_shape), unknown, on_grid(obj))
-
-
-def latent_coverage(cover: torch.Tensor, latent: tuple[int, int, int]) -> torch.Tensor:
-    """Returns the objects' coverage [B, 1, t, h, w] of each latent position, in 0..1.
-
-    `cover` [B, T, H, W] (the renderer's mask, 0..1) is averaged over each latent
-    position's H/h x W/w pixels; in time the causal VAE gives frame 0 its own latent frame and
-    each later latent frame a group of (T - 1) / (t - 1) frames, of which the most is kept (an
-    object anywhere in the group makes the position one to get right).
-    """
-    t_lat, h, w = latent
-    b, frames, height, width = cover.shape
-    if height % h or width % w or (t_lat > 1 and (frames - 1) % (t_lat - 1)) or frames < t_lat:
-        raise ValueError(f"coverage {tuple(cover.shape)} does not map onto latent {latent}")
-    c = F.avg_pool2d(cover.float().flatten(0, 1)[:, None], (height // h, width // w))
-    c = c.view(b, frames, h, w)
-    head = c[:, :1]
-    if t_lat > 1:
-        rest = c[:, 1:].view(b, t_lat - 1, (frames - 1) // (t_lat - 1), h, w).amax(2)
-        head = torch.cat([head, rest], 1)
-    return head[:, None]  # [B, 1, t, h, w]
 
 
 def _kinds() -> tuple[str, ...]:
